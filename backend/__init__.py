@@ -1,0 +1,1 @@
+"""The Label Studio ML backend service: web app, queues, workers, label store."""

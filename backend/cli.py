@@ -1,0 +1,48 @@
+"""The `squeezesam` command.
+
+Subcommands are registered by modules, each with a `register(subparsers)` function that
+adds its parsers and sets `func` (called with the parsed args). Add a module to
+COMMAND_MODULES to add commands; there is no central if-chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = (
+    "squeezesam.backend.serve",  # serve, web, worker
+    "squeezesam.models.cli_commands",  # eval, train-base, export
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="squeezesam", description="SqueezeSAM for Label Studio: ML backend and model tools"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        # imported here, not at the top: `squeezesam --help` stays fast and a module's
+        # heavy imports happen inside its commands
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        raise SystemExit(2)
+    logging.basicConfig(
+        level=getattr(args, "log_level", None) or "INFO",
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    result = args.func(args)
+    raise SystemExit(result or 0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

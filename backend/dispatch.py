@@ -1,0 +1,145 @@
+"""The web side of the queue: enqueue a job and wait for its outcome, never forever.
+
+Waiting uses rq's result stream (`rq:results:<job id>`) with XREAD BLOCK, so an answer
+wakes the web process at once, with no polling delay. The block is cut into short
+slices; between slices we check that the job is still in good hands:
+
+* STARTED on a worker whose liveness heartbeat stopped (worker.py): the worker died
+  mid-job (SIGKILL, OOM). The job is given back to its queue with rq's own retry
+  (`job.retry`, counting down the `Retry` it was enqueued with), and we keep waiting.
+  rq's own abandoned-job clean-up does the same for jobs nobody waits for, but only
+  after job timeout + 60 s.
+* QUEUED with no live worker on its queue for NO_WORKER_GRACE: answer 503 quickly
+  instead of hanging until the deadline.
+
+At the deadline the job is cancelled, so a click nobody waits for any more is not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
+from rq.results import Result
+
+from .jobs import Outcome
+from .settings import Settings
+from .worker import alive_workers
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("interactive", "preannotate", "train")
+SLICE_SECONDS = 0.5  # how often a waiting request checks on its job's worker
+NO_WORKER_GRACE = 5.0
+
+
+class Dispatcher:
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.redis = connection
+        self.settings = settings
+        self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
+
+    def submit(self, queue: str, func: Callable[..., Outcome], spec: Any, timeout: float) -> Job:
+        return self.queues[queue].enqueue(
+            func,
+            spec,
+            job_timeout=max(int(timeout) + 5, 10),  # a hung model pass gets killed
+            ttl=max(int(timeout), 1),  # not started by then: nobody waits any more
+            result_ttl=60,
+            failure_ttl=600,
+            retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
+        )
+
+    def run(self, queue: str, func: Callable[..., Outcome], spec: Any, timeout: float) -> Outcome:
+        job = self.submit(queue, func, spec, timeout)
+        return self.wait(job, time.monotonic() + timeout)
+
+    def wait(self, job: Job, deadline: float) -> Outcome:
+        key = Result.get_key(job.id)
+        last_id = b"0-0"
+        no_worker_since: float | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._cancel(job)
+                return Outcome(504, error=f"no answer within {self._budget(job)} s (job timed out)")
+            block_ms = max(1, int(min(remaining, SLICE_SECONDS) * 1000))
+            response = self.redis.xread({key: last_id}, block=block_ms)
+            for entry_id, payload in response[0][1] if response else []:
+                last_id = entry_id
+                result = Result.restore(job.id, entry_id.decode(), payload, connection=self.redis)
+                if result.type == Result.Type.SUCCESSFUL:
+                    return result.return_value
+                if result.type in (Result.Type.FAILED, Result.Type.STOPPED):
+                    return Outcome(500, error=f"the job failed: {_last_line(result.exc_string)}")
+            if response:
+                continue
+            status, no_worker_since = self._check(job, no_worker_since)
+            if status is not None:
+                return status
+
+    def _check(
+        self, job: Job, no_worker_since: float | None
+    ) -> tuple[Outcome | None, float | None]:
+        """Between slices: rescue a job whose worker died; fail fast without workers."""
+        try:
+            status = job.get_status(refresh=True)
+        except NoSuchJobError:
+            return Outcome(500, error="the job disappeared from Redis"), None
+        live = alive_workers(self.redis, job.origin)
+        if status == JobStatus.STARTED:
+            job.refresh()
+            if job.worker_name and job.worker_name not in live:
+                self._requeue_abandoned(job)
+            return None, None
+        if status == JobStatus.FAILED:
+            return Outcome(500, error="the job failed"), None
+        if status == JobStatus.QUEUED and not live:
+            now = time.monotonic()
+            if no_worker_since is None:
+                return None, now
+            if now - no_worker_since > NO_WORKER_GRACE:
+                self._cancel(job)
+                return Outcome(503, error=f"no worker is serving the {job.origin!r} queue"), None
+            return None, no_worker_since
+        return None, None
+
+    def _requeue_abandoned(self, job: Job) -> None:
+        """rq's abandoned-job handling, now: retry if retries are left, else fail."""
+        queue = self.queues[job.origin]
+        registry = StartedJobRegistry(job.origin, connection=self.redis)
+        with self.redis.pipeline() as pipe:
+            # drop the dead execution, or rq's clean-up would later "rescue" it again
+            for entry in self.redis.zrange(registry.key, 0, -1):
+                if entry.decode().split(":")[0] == job.id:
+                    pipe.zrem(registry.key, entry)
+            if job.retries_left:
+                log.warning("worker %s died during job %s: retrying", job.worker_name, job.id)
+                job.retry(queue, pipe)
+            else:
+                log.error("worker %s died during job %s: no retries left", job.worker_name, job.id)
+                record_job_failure(job, "the worker died (no retries left)", pipe)
+            pipe.execute()
+
+    def _cancel(self, job: Job) -> None:
+        try:
+            job.cancel()
+        except Exception as exc:  # already finished or gone: nothing to cancel
+            log.debug("cancel %s: %s", job.id, exc)
+
+    @staticmethod
+    def _budget(job: Job) -> int:
+        return int(job.ttl or 0)
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"

@@ -1,0 +1,247 @@
+"""Label Studio payloads in, brush results out (shapes: ../shared/labelstudio/README.md).
+
+Config parsing goes through label-studio-sdk's LabelInterface, never by hand. The web
+process turns a `/predict` body into plain, picklable job specs (`ClickPrompt`,
+`TaskImage`); the worker turns a mask back into a `brushlabels` result with the SDK's
+RLE encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SMART_TOOLS = ("KeyPointLabels", "RectangleLabels")
+
+
+class PayloadError(ValueError):
+    """A request we cannot serve; `status` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What we need from a labeling config: where the image is and where masks go."""
+
+    image_name: str  # <Image name=...>: the results' to_name
+    image_key: str  # the task data key of its value ("$image" -> "image")
+    brush_name: str  # <BrushLabels name=...>: the results' from_name
+    brush_labels: tuple[str, ...]
+    smart_tools: dict[str, str] = field(default_factory=dict)  # from_name -> tag
+
+
+@functools.lru_cache(maxsize=64)  # LabelInterface costs milliseconds; configs repeat
+def parse_label_config(xml: str) -> ProjectConfig:
+    """Find Image + BrushLabels (+ smart KeyPointLabels/RectangleLabels), or say what's missing."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise PayloadError("the label config is empty", 422)
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises several types for malformed XML
+        raise PayloadError(f"the label config is not valid XML: {exc}", 422) from None
+    images = [o for o in interface.objects if o.tag == "Image"]
+    if not images:
+        raise PayloadError("unsupported label config: no <Image> tag", 422)
+    brushes = [c for c in interface.controls if c.tag == "BrushLabels"]
+    image_names = {o.name for o in images}
+    brushes = [c for c in brushes if set(c.to_name) & image_names]
+    if not brushes:
+        raise PayloadError(
+            "unsupported label config: no <BrushLabels> pointing at an <Image> "
+            "(masks are returned as brush labels)",
+            422,
+        )
+    brush = brushes[0]
+    image = next(o for o in images if o.name in brush.to_name)
+    value = image.value or ""
+    if not value.startswith("$"):
+        raise PayloadError(f"unsupported label config: <Image value={value!r}> is not $variable")
+    smart = {
+        c.name: c.tag
+        for c in interface.controls
+        if c.tag in SMART_TOOLS and image.name in c.to_name and _is_true(c.attr.get("smart"))
+    }
+    if not smart:
+        raise PayloadError(
+            "unsupported label config: no smart <KeyPointLabels> or <RectangleLabels> "
+            f'(smart="true") on <Image name="{image.name}"> to click with',
+            422,
+        )
+    return ProjectConfig(
+        image_name=image.name,
+        image_key=value[1:],
+        brush_name=brush.name,
+        brush_labels=tuple(brush.labels or ()),
+        smart_tools=smart,
+    )
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+# --- tasks and prompts -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    task_id: Any
+    ref: str  # as found in task data: /data/upload/..., /data/local-files/?d=..., http(s)://...
+
+
+def task_image(task: Any, config: ProjectConfig) -> TaskImage:
+    if not isinstance(task, dict):
+        raise PayloadError("a task is not a JSON object")
+    data = task.get("data")
+    ref = data.get(config.image_key) if isinstance(data, dict) else None
+    if not isinstance(ref, str) or not ref.strip():
+        raise PayloadError(
+            f"task {task.get('id')!r} has no image: data.{config.image_key} is missing or empty",
+            422,
+        )
+    return TaskImage(task.get("id"), ref.strip())
+
+
+@dataclass(frozen=True)
+class ClickPrompt:
+    """One interactive request, in percent of the image (0-100): converted to pixels by
+    the worker once it knows the image's real size."""
+
+    points: tuple[tuple[float, float, bool], ...]  # (x%, y%, positive)
+    box: tuple[float, float, float, float] | None  # (x%, y%, w%, h%) of the last rectangle
+    label: str | None  # the label the annotator's last keypoint/rectangle carried
+
+
+def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
+    """Keypoints (with is_positive) and rectangles drawn with the project's smart tools."""
+    items = context.get("result") if isinstance(context, dict) else None
+    if not isinstance(items, list) or not items:
+        raise PayloadError("params.context.result must be a non-empty list of regions", 422)
+    points: list[tuple[float, float, bool]] = []
+    box = None
+    label = None
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            raise PayloadError("a context region is not an object with a 'value'", 422)
+        kind, value = item.get("type"), item["value"]
+        if kind == "keypointlabels":
+            x, y = _percent(value, "x"), _percent(value, "y")
+            points.append((x, y, item.get("is_positive", True) is not False))
+            label = _first_label(value, "keypointlabels") or label
+        elif kind == "rectanglelabels":
+            x, y = _percent(value, "x"), _percent(value, "y")
+            w, h = _number(value, "width"), _number(value, "height")
+            if w <= 0 or h <= 0 or x + w > 100.0 + 1e-6 or y + h > 100.0 + 1e-6:
+                raise PayloadError(f"rectangle {x},{y} {w}x{h}% reaches outside the image", 422)
+            if _number(value, "rotation", 0.0) % 360:
+                raise PayloadError("rotated rectangles are not supported as prompts", 422)
+            box = (x, y, w, h)
+            label = _first_label(value, "rectanglelabels") or label
+        # other region types (e.g. an earlier brush) are not prompts: ignored
+    if not points and box is None:
+        raise PayloadError("the context has no keypoint or rectangle to segment from", 422)
+    return ClickPrompt(tuple(points), box, label)
+
+
+def _number(value: dict, key: str, default: float | None = None) -> float:
+    raw = value.get(key, default)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise PayloadError(f"region value.{key} must be a number, got {raw!r}", 422)
+    return float(raw)
+
+
+def _percent(value: dict, key: str) -> float:
+    number = _number(value, key)
+    if not 0.0 <= number <= 100.0:
+        raise PayloadError(f"click outside the image: {key}={number}% (must be 0-100)", 422)
+    return number
+
+
+def _first_label(value: dict, key: str) -> str | None:
+    labels = value.get(key) or value.get("labels")
+    return labels[0] if isinstance(labels, list) and labels else None
+
+
+def choose_label(prompt_label: str | None, model_class: str, config: ProjectConfig) -> str:
+    """The annotator's label wins; otherwise the model's class, matched to the config."""
+    labels = config.brush_labels
+    if prompt_label in labels:
+        return prompt_label
+    by_lower = {name.lower(): name for name in labels}
+    if prompt_label and prompt_label.lower() in by_lower:
+        return by_lower[prompt_label.lower()]
+    if model_class in by_lower:
+        return by_lower[model_class]
+    return labels[0] if labels else (prompt_label or model_class)
+
+
+# --- results ------------------------------------------------------------------------
+
+
+def brush_result(
+    mask: np.ndarray, label: str, score: float, config: ProjectConfig
+) -> dict[str, Any]:
+    """One `brushlabels` region: Label Studio's RLE of the mask at the original size."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    return {
+        "from_name": config.brush_name,
+        "to_name": config.image_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {
+            "format": "rle",
+            "rle": [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)],
+            "brushlabels": [label],
+        },
+        "score": round(float(score), 4),
+    }
+
+
+def prediction(results: list[dict], score: float, model_version: str, **extra: Any) -> dict:
+    """One item of `/predict`'s `results`: LS stores result, score and model_version."""
+    item = {"result": results, "score": round(float(score), 4), "model_version": model_version}
+    return item | extra
+
+
+def prompt_clicks(prompt: ClickPrompt, height: int, width: int) -> tuple[list, tuple | None]:
+    """Percent prompt -> (clicks in original pixels, box (x0, y0, x1, y1) in pixels or None).
+
+    Rectangle prompts (the network only knows clicks): the box's centre becomes a
+    positive click unless a positive keypoint already lies inside the box, and the mask
+    is later clipped to the box (`masks.clip_to_box`): pixels outside the rectangle are
+    not the object. Documented in the README ("Rectangle prompts").
+    """
+    from squeezesam.models.clicks import Click
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        # percent of the original size; clamp the 100% edge onto the last pixel
+        return min(y / 100.0 * height, height - 1.0), min(x / 100.0 * width, width - 1.0)
+
+    clicks = []
+    for x, y, positive in prompt.points:
+        py, pxx = px(x, y)
+        clicks.append(Click(py, pxx, positive))
+    box = None
+    if prompt.box is not None:
+        bx, by, bw, bh = prompt.box
+        x0, y0 = bx / 100.0 * width, by / 100.0 * height
+        x1, y1 = (bx + bw) / 100.0 * width, (by + bh) / 100.0 * height
+        box = (x0, y0, x1, y1)
+        inside = any(c.positive and x0 <= c.x <= x1 and y0 <= c.y <= y1 for c in clicks)
+        if not inside:
+            cy, cx = px(bx + bw / 2.0, by + bh / 2.0)
+            clicks.append(Click(cy, cx, True))
+    return clicks, box

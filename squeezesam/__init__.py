@@ -1,0 +1,3 @@
+"""SqueezeSAM for Label Studio."""
+
+__version__ = "0.1.0"

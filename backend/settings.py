@@ -124,6 +124,14 @@ class Settings:
                 raise ValueError(f"{f.metadata['env']}={raw!r}: {exc}") from None
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[f.metadata["env"]] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
     @property
     def label_studio_host(self) -> str:
         """`host[:port]` of LABEL_STUDIO_URL, lower case; '' when unset."""

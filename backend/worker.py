@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 from rq import SimpleWorker
 
@@ -64,8 +65,19 @@ def runtime(settings: Settings | None = None) -> Runtime:
                 fetcher=Fetcher(settings),
                 cache=ImageCache(connect(settings), settings),
             )
+            _warm_up(predictor)
             log.info("model %s loaded (%s)", predictor.version, settings.model_file)
         return _runtime
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """One throw-away pass and the RLE encoder's import, before the first real click."""
+    from label_studio_sdk.converter.brush import mask2rle  # ~1 s of imports
+
+    from squeezesam.models.clicks import Click
+
+    prepared = predictor.prepare(np.zeros((64, 64, 3), dtype=np.uint8))
+    mask2rle(predictor.predict(prepared, [Click(32, 32, True)]).mask.astype(np.uint8))
 
 
 class WarmWorker(SimpleWorker):

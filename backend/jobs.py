@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from squeezesam.models.predictor import Predictor, PreparedImage
+from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
 
-from .images import ImageError, decode
+from .images import ImageError, decode, resolve
 from .labelstudio import (
     ClickPrompt,
     PayloadError,
@@ -58,8 +57,6 @@ class TaskJob:
 
 def load_image(rt: Runtime, ref: str) -> PreparedImage:
     """Cached letterboxed image, or fetch + decode + letterbox once and cache it."""
-    from .images import resolve
-
     url, _ = resolve(ref, rt.settings)
     key = rt.cache.key(url, rt.predictor.working_size)
     prepared = rt.cache.get(key)
@@ -70,17 +67,24 @@ def load_image(rt: Runtime, ref: str) -> PreparedImage:
     return prepared
 
 
+def segment(
+    predictor: Predictor, prepared: PreparedImage, prompt: ClickPrompt
+) -> tuple[np.ndarray, Prediction]:
+    """Prompt -> model -> mask clipped to the box (if any) and cleaned, original size."""
+    height, width = prepared.original_size
+    clicks, box = prompt_clicks(prompt, height, width)
+    predicted = predictor.predict(prepared, clicks)
+    mask = predicted.mask if box is None else clip_to_box(predicted.mask, box)
+    keep = [(int(c.y), int(c.x)) for c in clicks if c.positive]
+    return clean_mask(mask, keep=keep), predicted
+
+
 def segment_click(job: ClickJob) -> Outcome:
-    """Clicks/box -> cleaned mask -> brushlabels result (the interactive path)."""
+    """One click: cached image -> `segment` -> brushlabels result (the interactive path)."""
     rt = runtime()
     try:
         prepared = load_image(rt, job.image_ref)
-        height, width = prepared.original_size
-        clicks, box = prompt_clicks(job.prompt, height, width)
-        predicted = rt.predictor.predict(prepared, clicks)
-        mask = predicted.mask if box is None else clip_to_box(predicted.mask, box)
-        keep = [(int(c.y), int(c.x)) for c in clicks if c.positive]
-        mask = clean_mask(mask, keep=keep)
+        mask, predicted = segment(rt.predictor, prepared, job.prompt)
         label = choose_label(job.prompt.label, predicted.label, job.config)
         results = [brush_result(mask, label, predicted.score, job.config)] if mask.any() else []
         item = prediction(results, predicted.score, rt.predictor.version)
@@ -89,7 +93,9 @@ def segment_click(job: ClickJob) -> Outcome:
         return Outcome(exc.status, error=str(exc))
 
 
-def find_objects(predictor: Predictor, prepared: PreparedImage) -> list[tuple[np.ndarray, Any]]:
+def find_objects(
+    predictor: Predictor, prepared: PreparedImage
+) -> list[tuple[np.ndarray, Prediction]]:
     """Zero-click pre-annotation: whole objects as (mask, Prediction). Not yet: none.
 
     The later issue replaces this body (saliency -> components -> clicks -> objects);

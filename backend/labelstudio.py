@@ -128,15 +128,19 @@ def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
         raise PayloadError("params.context.result must be a non-empty list of regions", 422)
     points: list[tuple[float, float, bool]] = []
     box = None
-    label = None
+    label = negative_label = None  # a negative click's label names what it is NOT
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise PayloadError("a context region is not an object with a 'value'", 422)
         kind, value = item.get("type"), item["value"]
         if kind == "keypointlabels":
             x, y = _percent(value, "x"), _percent(value, "y")
-            points.append((x, y, item.get("is_positive", True) is not False))
-            label = _first_label(value, "keypointlabels") or label
+            positive = item.get("is_positive", True) is not False
+            points.append((x, y, positive))
+            if positive:
+                label = _first_label(value, "keypointlabels") or label
+            else:
+                negative_label = _first_label(value, "keypointlabels") or negative_label
         elif kind == "rectanglelabels":
             x, y = _percent(value, "x"), _percent(value, "y")
             w, h = _number(value, "width"), _number(value, "height")
@@ -149,7 +153,7 @@ def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
         # other region types (e.g. an earlier brush) are not prompts: ignored
     if not points and box is None:
         raise PayloadError("the context has no keypoint or rectangle to segment from", 422)
-    return ClickPrompt(tuple(points), box, label)
+    return ClickPrompt(tuple(points), box, label or negative_label)
 
 
 def _number(value: dict, key: str, default: float | None = None) -> float:

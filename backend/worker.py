@@ -128,7 +128,9 @@ def run_worker(queues: list[str], settings: Settings, burst: bool = False) -> No
     worker = WarmWorker(queues, connection=connection)
     # maintenance (abandoned-job clean-up) more often than rq's 10 min default
     worker.maintenance_interval = 60
-    worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    # rq logs every job at INFO; per click that is noise (and time): quiet unless DEBUG
+    level = settings.log_level if settings.log_level.upper() == "DEBUG" else "WARNING"
+    worker.work(burst=burst, logging_level=level, with_scheduler=False)
 
 
 _versions: dict[tuple[str, float], str] = {}

@@ -184,7 +184,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             return jsonify(status="Unknown event")
         # Training from annotations is a later issue: acknowledge without queueing, so
         # Label Studio (1 s webhook timeout) never waits on us.
-        return jsonify(status="ok", result=None, action=action)
+        response = jsonify(result=None, status="ok")
+        response.status_code = 201  # what the official SDK answers (capture 62)
+        return response
 
     @app.after_request
     def timing(response: Response) -> Response:

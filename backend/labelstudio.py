@@ -70,12 +70,8 @@ def parse_label_config(xml: str) -> ProjectConfig:
         for c in interface.controls
         if c.tag in SMART_TOOLS and image.name in c.to_name and _is_true(c.attr.get("smart"))
     }
-    if not smart:
-        raise PayloadError(
-            "unsupported label config: no smart <KeyPointLabels> or <RectangleLabels> "
-            f'(smart="true") on <Image name="{image.name}"> to click with',
-            422,
-        )
+    # No smart tool is fine: pre-annotation (bulk /predict) needs none, and clicks are
+    # recognised by their region type (keypointlabels/rectanglelabels), as sent.
     return ProjectConfig(
         image_name=image.name,
         image_key=value[1:],

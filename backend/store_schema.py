@@ -1,0 +1,186 @@
+"""Tables and record types of the label store (see store.py for the behaviour).
+
+SQLAlchemy Core, no ORM: the same table definitions run on SQLite (default) and on
+PostgreSQL (DATABASE_URL). All timestamps are stored as naive UTC datetimes, because
+SQLite has no time zones and comparing aware with naive values fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per Label Studio annotation id (ids are unique within a Label Studio instance).
+# A deleted annotation keeps its row as a tombstone (deleted=True) so a late webhook or a
+# reconcile never brings it back.
+annotations = Table(
+    "annotations",
+    metadata,
+    Column("annotation_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("project_id", BigInteger, nullable=True),  # unknown for a bare tombstone
+    Column("task_id", BigInteger, nullable=True),
+    Column("image_ref", Text, nullable=True),  # the task's data URL, as Label Studio gives it
+    Column("annotator", BigInteger, nullable=True),  # completed_by
+    Column("lead_time", Float, nullable=True),
+    Column("created_at", DateTime, nullable=True),  # Label Studio's, UTC
+    Column("updated_at", DateTime, nullable=True),  # Label Studio's, UTC: the upsert key
+    Column("was_cancelled", Boolean, nullable=False, default=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_at", DateTime, nullable=True),
+    Column("parent_prediction", BigInteger, nullable=True),  # prediction id it started from
+    Column("model_version", Text, nullable=True),  # of that prediction, when known
+    Column("prediction_json", Text, nullable=True),  # the annotation's `prediction` field
+    Column("result_json", Text, nullable=True),  # the full result (masks can be re-decoded)
+    Column("stored_at", DateTime, nullable=False),  # when this backend stored it
+)
+Index("ix_annotations_project", annotations.c.project_id, annotations.c.deleted)
+
+# One row per object mask of an annotation; replaced as a whole on ANNOTATION_UPDATED.
+objects = Table(
+    "objects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "annotation_id",
+        BigInteger,
+        ForeignKey("annotations.annotation_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("number", Integer, nullable=False),  # 1..n within the annotation, result order
+    Column("region_id", String(64), nullable=True),  # Label Studio's result id
+    Column("from_name", String(128), nullable=True),
+    Column("label", String(256), nullable=False),  # Label Studio label name, as written
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("area", BigInteger, nullable=False),  # mask pixels
+    Column("mask_path", Text, nullable=False),  # relative to the data directory
+    Column("score", Float, nullable=True),
+    Column("origin", String(32), nullable=True),  # prediction | prediction-changed | manual
+)
+Index("ix_objects_annotation", objects.c.annotation_id)
+
+# Clicks the annotators made (interactive /predict), for click-level training later.
+clicks = Table(
+    "clicks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", BigInteger, nullable=False),
+    Column("task_id", BigInteger, nullable=False),
+    Column("region_id", String(64), nullable=True),  # the keypoint's id: dedupes resends
+    Column("x", Float, nullable=False),  # percent (0-100) of the original image width
+    Column("y", Float, nullable=False),  # percent (0-100) of the original image height
+    Column("is_positive", Boolean, nullable=False),
+    Column("label", String(256), nullable=True),
+    Column("image_width", Integer, nullable=True),  # original_width, when sent
+    Column("image_height", Integer, nullable=True),
+    Column("model_version", Text, nullable=True),  # the model that answered the click
+    Column("created_at", DateTime, nullable=False),
+)
+# Label Studio resends every keypoint of the region on each click; (task, region id) makes
+# recording idempotent. NULL region ids never collide (SQL unique semantics).
+Index("ux_clicks_task_region", clicks.c.task_id, clicks.c.region_id, unique=True)
+Index("ix_clicks_project_task", clicks.c.project_id, clicks.c.task_id)
+
+
+def utc_naive(value: dt.datetime | None) -> dt.datetime | None:
+    """Aware -> naive UTC; naive values are taken to be UTC already."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass
+class ObjectRecord:
+    """One brush region, its mask decoded (uint8 HxW, nonzero = object)."""
+
+    label: str
+    mask: np.ndarray
+    region_id: str | None = None
+    from_name: str | None = None
+    score: float | None = None
+    origin: str | None = None
+
+
+@dataclass
+class AnnotationRecord:
+    """One Label Studio annotation, parsed and validated (collect.parse_annotation)."""
+
+    annotation_id: int
+    project_id: int
+    task_id: int
+    image_ref: str | None
+    updated_at: dt.datetime
+    created_at: dt.datetime | None = None
+    annotator: int | None = None
+    lead_time: float | None = None
+    was_cancelled: bool = False
+    parent_prediction: int | None = None
+    model_version: str | None = None
+    prediction: Any = None
+    result: list[Any] = field(default_factory=list)
+    objects: list[ObjectRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Click:
+    """One interactive click, in Label Studio's unit: percent of the original image."""
+
+    x: float
+    y: float
+    is_positive: bool
+    label: str | None = None
+    region_id: str | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    number: int
+    label: str
+    width: int
+    height: int
+    area: int
+    mask_path: Path  # absolute
+    region_id: str | None
+    score: float | None
+    origin: str | None
+
+
+@dataclass(frozen=True)
+class StoredAnnotation:
+    annotation_id: int
+    project_id: int
+    task_id: int
+    image_ref: str | None
+    annotator: int | None
+    lead_time: float | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    parent_prediction: int | None
+    model_version: str | None
+    objects: tuple[StoredObject, ...]

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+from PIL import Image
+
+from squeezesam.backend.cli import build_parser
+
+from .conftest import LEGACY_TOKEN, click_body, keypoint, upload_ref
+
+
+def test_commands_are_registered_by_modules():
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--host", "127.0.0.1", "--port", "9", "--workers", "3"])
+    assert (args.host, args.port, args.workers) == ("127.0.0.1", 9, 3) and args.func
+    assert parser.parse_args(["worker", "--queues", "interactive,preannotate"]).func
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_alone_brings_up_redis_web_and_workers(
+    model_path, fake_ls, label_config, sample_images
+):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env |= {
+        "SQUEEZESAM_MODEL_PATH": str(model_path),
+        "LABEL_STUDIO_URL": fake_ls.url,
+        "LABEL_STUDIO_API_KEY": LEGACY_TOKEN,
+    }
+    cmd = [sys.executable, "-m", "squeezesam.backend.cli", "serve", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd + ["--port", str(port)], env=env)
+    try:
+        image = sample_images[0]
+        w, h = Image.open(image).size
+        body = click_body(label_config, upload_ref(image), [keypoint(50, 50, w, h)])
+        deadline = time.monotonic() + 120
+        while True:  # no /setup first: Label Studio's interactive calls skip it
+            try:
+                response = requests.post(f"http://127.0.0.1:{port}/predict", json=body, timeout=30)
+                if response.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(1)
+        assert response.json()["results"][0]["result"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from squeezesam.backend.settings import Settings, settings_table
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults_point_at_the_shipped_model():
+    assert Settings().model_file == DEFAULT_MODEL_PATH
+
+
+def test_from_env_parses_types():
+    settings = Settings.from_env(
+        {
+            "SQUEEZESAM_MODEL_PATH": "/m.onnx",
+            "IMAGE_MAX_PIXELS": "123",
+            "INTERACTIVE_TIMEOUT": "2.5",
+            "IMAGE_ALLOWED_HOSTS": "A.example, b.example:8080,",
+            "LABEL_STUDIO_URL": "http://LS.local:8080/",
+        }
+    )
+    assert settings.model_path == "/m.onnx" and settings.image_max_pixels == 123
+    assert settings.interactive_timeout == 2.5
+    assert settings.image_allowed_hosts == ("a.example", "b.example:8080")
+    assert settings.label_studio_host == "ls.local:8080"
+    assert Settings.from_env(settings.to_env()) == settings
+    with pytest.raises(ValueError, match="IMAGE_MAX_PIXELS"):
+        Settings.from_env({"IMAGE_MAX_PIXELS": "lots"})
+
+
+def test_readme_settings_table_is_generated_from_the_settings():
+    assert settings_table() in README.read_text(), (
+        "README.md's settings table is stale: paste `python -m squeezesam.backend.settings`"
+    )

@@ -144,8 +144,10 @@ class Registry:
             raise RegistryError(f"version {version!r}: {path} is missing")
         import onnxruntime as ort  # only on promotion: the registry is imported by the CLI
 
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: exported graphs warn about initializers
         try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise RegistryError(f"version {version!r}: {path} does not load: {exc}") from exc
         if not session.get_inputs() or not session.get_outputs():

@@ -225,7 +225,8 @@ class LabelStudioSource:
         pairs = []
         tasks = self.client.tasks.list(project=project_id, fields="all", page_size=self.page_size)
         for task in tasks:
-            t = task.model_dump() if hasattr(task, "model_dump") else dict(task)
+            # mode="json": times stay ISO strings, exactly as a webhook carries them
+            t = task.model_dump(mode="json") if hasattr(task, "model_dump") else dict(task)
             for a in t.get("annotations") or []:
                 pairs.append((t, a if isinstance(a, dict) else dict(a)))
         return pairs
@@ -304,6 +305,8 @@ def project_id_of(value: Any) -> int:
 def _time(value: Any, what: str, required: bool = True) -> dt.datetime | None:
     if value is None and not required:
         return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if not isinstance(value, str):
         raise PayloadError(f"annotation.{what} must be an ISO time string, got {value!r}")
     try:

@@ -205,3 +205,40 @@ def test_project_id_parses_the_predict_form():
     assert collect.project_id_of({"id": 7}) == 7
     with pytest.raises(collect.PayloadError):
         collect.project_id_of("abc")
+
+
+def test_label_studio_source_lists_annotations_through_the_sdk(store):
+    """The real SDK adapter against a stand-in for Label Studio's /api/tasks."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = capture("62_*__ml_webhook.json")
+    task = body["task"] | {"annotations": [body["annotation"]], "predictions": []}
+    requests: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            requests.append(self.path)
+            if "page=1" not in self.path:  # Label Studio answers 404 past the last page
+                self.send_response(404)
+                self.end_headers()
+                return
+            data = json.dumps({"tasks": [task], "total": 1}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = collect.LabelStudioSource(f"http://127.0.0.1:{server.server_address[1]}", "t0k")
+        counts = collect.reconcile(store, source, 2)
+    finally:
+        server.shutdown()
+    assert requests[0].startswith("/api/tasks/?") and "project=2" in requests[0]
+    assert counts["created"] == 1 and kept(store) == {1: ["Person"]}

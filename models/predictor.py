@@ -1,0 +1,141 @@
+"""The serving predictor: onnxruntime + numpy only (never imports torch).
+
+Split as in segment-anything's predictor: `prepare` (decode-side work: letterbox the
+image to the working size, done once per task and cacheable) apart from `predict`
+(one network pass per click). SqueezeSAM fuses clicks early, so there is no image
+embedding to reuse: every click is one full pass, which is why the pass is small.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from .clicks import Click, encode_prompt
+
+CLASS_NAMES = ("person", "pet", "other")
+DEFAULT_WORKING_SIZE = 512
+STRIDE = 32  # the network downsamples 5 times; inputs are padded to a multiple of it
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL_PATH = WEIGHTS_DIR / "squeezesam_int8.onnx"
+
+
+@dataclass
+class PreparedImage:
+    """An image letterboxed to the working size: what the Redis cache holds per task."""
+
+    pixels: np.ndarray  # uint8 (Hp, Wp, 3) RGB, padded bottom/right to a multiple of STRIDE
+    original_size: tuple[int, int]  # (H, W) of the original image
+    scale: float  # working pixels per original pixel
+    valid_size: tuple[int, int]  # (h, w) of the resized image inside the padding
+
+    def to_working(self, click: Click) -> Click:
+        return click.scaled(self.scale)
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # bool (H, W) at the original resolution
+    score: float  # predicted IoU of the mask, in [0, 1]
+    label: str  # one of CLASS_NAMES
+    class_probs: dict[str, float] = field(default_factory=dict)
+    probability: np.ndarray | None = None  # float32 (h, w) at working resolution, unpadded
+
+
+def letterbox(image: np.ndarray, working_size: int = DEFAULT_WORKING_SIZE) -> PreparedImage:
+    """Resize so the long side is `working_size`, then pad to a multiple of STRIDE."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    scale = working_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    ph, pw = -(-nh // STRIDE) * STRIDE, -(-nw // STRIDE) * STRIDE
+    padded = np.zeros((ph, pw, 3), dtype=np.uint8)
+    padded[:nh, :nw] = resized
+    return PreparedImage(padded, (h, w), scale, (nh, nw))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+class Predictor:
+    """Image + clicks + previous mask -> mask at original resolution, score, class."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] = DEFAULT_MODEL_PATH,
+        threads: int | None = None,
+        working_size: int | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.model_path}")
+        options = ort.SessionOptions()
+        # Default: all cores for one request (latency first). With several workers on
+        # one machine, set threads=1 per worker: measured faster when cores are shared.
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: the export leaves harmless unused constants
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(self.model_path), options, providers=["CPUExecutionProvider"]
+        )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.version: str = meta.get("model_version", self.model_path.stem)
+        self.working_size = working_size or int(meta.get("working_size", DEFAULT_WORKING_SIZE))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        return letterbox(image, self.working_size)
+
+    def run_network(
+        self, pixels: np.ndarray, clicks: list[Click], prev: np.ndarray | None
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """One pass at working resolution: (mask logits HxW, predicted IoU, class logits)."""
+        x = encode_prompt(pixels, clicks, prev)[None]
+        logits, iou, cls = self.session.run(None, {self.input_name: x})
+        return logits[0, 0], float(np.clip(iou.reshape(-1)[0], 0.0, 1.0)), cls.reshape(-1)
+
+    def predict(
+        self,
+        prepared: PreparedImage,
+        clicks: list[Click],
+        prev_mask: np.ndarray | None = None,
+        threshold: float = 0.5,
+    ) -> Prediction:
+        """Clicks are in original-image pixels; `prev_mask` (optional) at original size."""
+        ph, pw = prepared.pixels.shape[:2]
+        h, w = prepared.valid_size
+        prev = None
+        if prev_mask is not None:
+            prev = np.zeros((ph, pw), dtype=np.float32)
+            prev[:h, :w] = cv2.resize(
+                prev_mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
+            )
+        working_clicks = [prepared.to_working(c) for c in clicks]
+        logits, score, cls = self.run_network(prepared.pixels, working_clicks, prev)
+        prob = _sigmoid(logits[:h, :w])
+        oh, ow = prepared.original_size
+        full = cv2.resize(prob, (ow, oh), interpolation=cv2.INTER_LINEAR)
+        probs = _softmax(cls)
+        return Prediction(
+            mask=full > threshold,
+            score=score,
+            label=CLASS_NAMES[int(np.argmax(probs))],
+            class_probs={n: float(p) for n, p in zip(CLASS_NAMES, probs, strict=True)},
+            probability=prob,
+        )

@@ -1,0 +1,245 @@
+"""Base training on CPU (`squeezesam train-base`): resumable, seeded, logged.
+
+The committed checkpoint (`models/weights/squeezesam_fp16.pt`: fp16 weights and the
+step reached, no optimizer state) is both what resuming needs and what export reads.
+AdamW restarts fresh on resume, with a short warmup; the cosine schedule continues
+from the stored step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import ExampleMaker, Loaded
+from .clicks import encode_prompt, first_click, iou
+from .data import Sample, default_data_root, load_samples
+from .network import SqueezeSAM, build_model
+from .predictor import WEIGHTS_DIR, letterbox
+
+CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
+log = logging.getLogger("squeezesam.train")
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    checkpoint: Path = CHECKPOINT
+    steps: int = 2000  # steps to run in this invocation
+    total_steps: int = 30000  # length of the cosine schedule across all resumed runs
+    batch: int = 8
+    size: int = 256
+    lr: float = 6e-4
+    seed: int = 0
+    val_every: int = 300
+    save_every: int = 100
+    val_per_set: int = 16
+    threads: int = 2
+    log_file: Path | None = None
+
+
+def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
+    """fp16 weights + step; written to a temp file then renamed (never half-written)."""
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": state, "step": step, "meta": extra or {}}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[SqueezeSAM, int, dict]:
+    blob = torch.load(path, map_location="cpu")
+    model = build_model(pretrained=False)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    )
+    return model, int(blob.get("step", 0)), dict(blob.get("meta", {}))
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice, void pixels (weight 0) ignored."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    bce = bce / weight.sum().clamp(min=1.0)
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    inter = (prob * t).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + t.sum((1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def val_subset(samples: list[Sample], per_set: int) -> list[Sample]:
+    by_set: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_set.setdefault(s.set_name, []).append(s)
+    return [
+        s for group in by_set.values() for s in sorted(group, key=lambda s: s.image_id)[:per_set]
+    ]
+
+
+@torch.no_grad()
+def quick_validate(model: SqueezeSAM, samples: list[Sample]) -> dict[str, float]:
+    """1-click IoU (click at the object's centre) and zero-click IoU of salient objects,
+    at the serving resolution: a fast training-time signal, not the evaluation protocol."""
+    model.eval()
+    one, zero, per_set = [], [], {}
+    for s in samples:
+        loaded = Loaded.from_sample(s)
+        prep = letterbox(loaded.image)
+        h, w = prep.valid_size
+        mask_small = np.zeros(prep.pixels.shape[:2], np.uint8)
+        mask_small[:h, :w] = cv2.resize(loaded.mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        void = mask_small == 255
+        keys = sorted(loaded.labels, key=lambda k: -loaded.areas[k])[:2]
+        for k in keys:
+            gt = mask_small == k
+            c = first_click(gt)
+            if c is None:
+                continue
+            x = torch.from_numpy(encode_prompt(prep.pixels, [c], None))[None]
+            pred = model(x)[0][0, 0].numpy() > 0
+            v = iou(pred, gt, void)
+            one.append(v)
+            per_set.setdefault(s.set_name, []).append(v)
+        sal = np.isin(mask_small, loaded.salient())
+        if sal.any():
+            x = torch.from_numpy(encode_prompt(prep.pixels, [], None))[None]
+            zero.append(iou(model(x)[0][0, 0].numpy() > 0, sal, void))
+    model.train()
+    out = {"val_1click": float(np.mean(one)), "val_0click": float(np.mean(zero)) if zero else 0.0}
+    out.update({f"val_1click_{k}": float(np.mean(v)) for k, v in sorted(per_set.items())})
+    return out
+
+
+def draw_batch(maker: ExampleMaker, rng: np.random.Generator, batch: int) -> list:
+    examples: list = []
+    while len(examples) < batch:
+        ex = maker.make(int(rng.integers(len(maker.loaded))), rng)
+        if ex is not None:
+            examples.append(ex)
+    return examples
+
+
+def train_step(
+    model: SqueezeSAM, opt: torch.optim.Optimizer, examples: list, lr: float
+) -> dict[str, float]:
+    """One optimisation step: mask BCE+Dice, predicted-IoU MSE, class CE (shared with
+    fine-tuning, so both optimise the same objective)."""
+    x = torch.from_numpy(np.stack([e.input for e in examples]))
+    target = torch.from_numpy(np.stack([e.target for e in examples]))[:, None]
+    weight = torch.from_numpy(np.stack([e.weight for e in examples]))[:, None]
+    cls_t = torch.tensor([e.cls for e in examples])
+    for g in opt.param_groups:
+        g["lr"] = lr
+    logits, iou_pred, cls = model(x)
+    loss_mask = mask_loss(logits, target, weight)
+    with torch.no_grad():
+        pred = (logits > 0).float() * weight
+        t = target * weight
+        inter = (pred * t).sum((1, 2, 3))
+        union = ((pred + t) > 0).float().sum((1, 2, 3))
+        true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    loss_iou = F.mse_loss(iou_pred[:, 0], true_iou)
+    has_cls = (cls_t >= 0).any()
+    loss_cls = F.cross_entropy(cls, cls_t, ignore_index=-1) if has_cls else cls.sum() * 0
+    loss = loss_mask + loss_iou + 0.2 * loss_cls
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    return {
+        "mask": loss_mask.item(),
+        "iou": loss_iou.item(),
+        "cls": loss_cls.item(),
+        "batch_iou": true_iou.mean().item(),
+    }
+
+
+def cosine_lr(base: float, step: int, total: int, start: int, warmup: int = 100) -> float:
+    """Cosine decay to 5 % over `total` steps; a short warmup after every (re)start,
+    since the optimizer state is not kept."""
+    warm = min(1.0, (step - start + 1) / warmup)
+    progress = min(1.0, step / total)
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if cfg.log_file:
+        cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(cfg.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    if cfg.checkpoint.is_file():
+        model, start, meta = load_checkpoint(cfg.checkpoint)
+        log.info("resuming from %s at step %d", cfg.checkpoint, start)
+    else:
+        model, start, meta = build_model(pretrained=True), 0, {}
+        log.info("starting from ImageNet EfficientNet-Lite0 encoder")
+    cfg.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    train_samples = load_samples(cfg.data, "train")
+    val_samples = val_subset(load_samples(cfg.data, "val"), cfg.val_per_set)
+    t0 = time.time()
+    loaded = [Loaded.from_sample(s) for s in train_samples]
+    log.info("decoded %d training images in %.0f s", len(loaded), time.time() - t0)
+    maker = ExampleMaker(loaded, cfg.size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    model.train()
+    metrics: dict[str, float] = dict(meta.get("last_val", {}))
+    bar = tqdm(range(start, start + cfg.steps), total=cfg.steps, desc="train", mininterval=5)
+    seconds = float(meta.get("train_seconds", 0.0))
+    for step in bar:
+        t_step = time.time()
+        # Seeded per step: a resumed run draws the same examples as an uninterrupted one.
+        rng = np.random.default_rng([cfg.seed, step])
+        lr = cosine_lr(cfg.lr, step, cfg.total_steps, start)
+        losses = train_step(model, opt, draw_batch(maker, rng, cfg.batch), lr)
+        seconds += time.time() - t_step
+        bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in losses.items()}
+            | {"val_1click": f"{metrics.get('val_1click', 0):.3f}"}
+        )
+        done = step + 1
+        if done % 20 == 0:
+            log.info(
+                "step %d lr %.2e %s",
+                done,
+                lr,
+                " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+            )
+        if done % cfg.save_every == 0 or done == start + cfg.steps:
+            meta.update(train_seconds=seconds, size=cfg.size, batch=cfg.batch)
+            save_checkpoint(model, done, cfg.checkpoint, meta)
+        if done % cfg.val_every == 0 or done == start + cfg.steps:
+            metrics = quick_validate(model, val_samples)
+            meta.update(last_val=metrics, last_val_step=done)
+            save_checkpoint(model, done, cfg.checkpoint, meta)
+            log.info("step %d validation %s", done, json.dumps(metrics))
+    return metrics
+
+
+def main_args(args) -> None:  # called by the CLI
+    cfg = TrainConfig(
+        data=Path(args.data) if args.data else default_data_root(),
+        checkpoint=Path(args.checkpoint),
+        steps=args.steps,
+        total_steps=args.total_steps,
+        batch=args.batch,
+        size=args.size,
+        lr=args.lr,
+        seed=args.seed,
+        val_every=args.val_every,
+        threads=args.threads,
+        log_file=Path(args.log_file) if args.log_file else None,
+    )
+    train(cfg)

@@ -1,0 +1,98 @@
+"""The evaluation CLI on a tiny set made from real validation images."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from squeezesam.models.data import discover_sets, load_set
+from squeezesam.models.evaluate import noc
+
+KEYS = {
+    "images",
+    "objects",
+    "miou_0click",
+    "miou_1click",
+    "miou_3click",
+    "noc85",
+    "noc90",
+    "failures90",
+    "ms_per_click",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory, data_root):
+    """Two val images of the first set that has parts (else the first set)."""
+    sets = discover_sets(data_root)
+    folder = next((f for f in sets if (f / "parts").is_dir()), sets[0])
+    samples = [s for s in load_set(folder) if s.split == "val"][:2]
+    out = tmp_path_factory.mktemp("tiny") / folder.name
+    for sub in ("images", "masks", "parts"):
+        (out / sub).mkdir(parents=True)
+    with open(out / "objects.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "object", "label", "category"])
+        for s in samples:
+            for o in s.objects:
+                w.writerow([s.image_id, o.index, o.label, o.category])
+    with open(out / "split.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "split"])
+        for s in samples:
+            w.writerow([s.image_id, "val"])
+            shutil.copy(s.image_path, out / "images")
+            shutil.copy(s.mask_path, out / "masks")
+            for p in s.part_paths.values():
+                shutil.copy(p, out / "parts")
+    return out
+
+
+def run_eval(*args):
+    cmd = [sys.executable, "-m", "squeezesam.backend.cli", "eval", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_noc_counts_clicks_to_threshold():
+    assert noc([0.5, 0.86, 0.91], 0.85, 20) == 2
+    assert noc([0.5, 0.86, 0.91], 0.90, 20) == 3
+    assert noc([0.5, 0.6], 0.90, 20) == 20
+
+
+def test_eval_cli_prints_every_figure(tiny_set, shipped_model):
+    r = run_eval(
+        "--data",
+        str(tiny_set),
+        "--model",
+        str(shipped_model),
+        "--max-clicks",
+        "5",
+        "--part-clicks",
+        "--threads",
+        "1",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert KEYS <= set(out)
+    assert out["images"] == 2 and out["objects"] >= 2
+    assert 0 <= out["miou_1click"] <= 1 and 1 <= out["noc90"] <= 5
+    if (tiny_set / "parts").is_dir() and any((tiny_set / "parts").iterdir()):
+        assert 0 <= out["part_click_miou"] <= 1
+
+
+def test_grabcut_baseline_through_the_same_clicker(tiny_set):
+    r = run_eval("--data", str(tiny_set), "--baseline", "grabcut", "--max-clicks", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["model"] == "grabcut" and out["objects"] >= 2
+
+
+def test_eval_on_a_missing_folder_is_a_cli_error(tmp_path):
+    r = run_eval("--data", str(tmp_path / "nothing"), "--json")
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    r = run_eval("--data", str(tmp_path), "--json")
+    assert r.returncode != 0 and "no image set" in r.stderr

@@ -1,0 +1,81 @@
+"""The ONNX predictor: letterboxing, outputs at original size, no torch at serving."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from squeezesam.models.clicks import Click, first_click
+from squeezesam.models.predictor import Predictor, letterbox
+
+
+def test_letterbox_pads_to_stride_and_keeps_scale():
+    image = np.zeros((300, 200, 3), np.uint8)
+    prep = letterbox(image, 512)
+    assert prep.pixels.shape == (512, 352, 3)
+    assert prep.valid_size == (512, 341) and prep.original_size == (300, 200)
+    assert prep.scale == pytest.approx(512 / 300)
+
+
+def test_letterbox_rejects_non_rgb():
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        letterbox(np.zeros((10, 10), np.uint8))
+
+
+def test_prediction_at_original_size_and_follows_the_click(shipped_model, val_samples):
+    predictor = Predictor(shipped_model, threads=1)
+    sample = val_samples[0]
+    image, mask = sample.load_image(), sample.load_mask()
+    gt = mask == sample.objects[0].index
+    out = predictor.predict(predictor.prepare(image), [first_click(gt)])
+    assert out.mask.shape == image.shape[:2] and out.mask.dtype == bool
+    assert 0.0 <= out.score <= 1.0 and out.label in ("person", "pet", "other")
+    assert sum(out.class_probs.values()) == pytest.approx(1.0, abs=1e-4)
+    c = first_click(gt)
+    assert out.mask[int(c.y), int(c.x)]  # the clicked pixel is in the mask
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        Predictor(tmp_path / "nope.onnx")
+
+
+def test_predictor_runs_with_torch_import_blocked(shipped_model):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in serving")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from squeezesam.models.predictor import Predictor
+        from squeezesam.models.objects import find_objects
+        from squeezesam.models.clicks import Click
+        p = Predictor({str(shipped_model)!r}, threads=1)
+        img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        prep = p.prepare(img)
+        out = p.predict(prep, [Click(120, 160, True)])
+        find_objects(p, prep)
+        assert out.mask.shape == (240, 320)
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_previous_mask_is_accepted_at_original_size(shipped_model):
+    predictor = Predictor(shipped_model, threads=1)
+    img = np.random.default_rng(1).integers(0, 255, (200, 260, 3), dtype=np.uint8)
+    prev = np.zeros((200, 260), bool)
+    prev[50:150, 60:200] = True
+    out = predictor.predict(predictor.prepare(img), [Click(100, 130, True)], prev)
+    assert out.mask.shape == (200, 260)

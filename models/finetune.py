@@ -67,6 +67,7 @@ def finetune(
     seed: int = 0,
     threads: int = 2,
     version: str | None = None,
+    calibration_count: int = 12,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune on the *train* split of `project_data`; its val split stays held out."""

@@ -2,6 +2,7 @@
 
     <root>/<version>/model.onnx   the weights
     <root>/<version>/card.json    metrics, data size, parent version, created time
+    <root>/<version>/checkpoint_fp16.pt  fp16 weights to fine-tune from (trained versions)
     <root>/ACTIVE                 the active version's name (absent: the shipped model)
     <root>/history.json           {"stack": [previously active...], "log": [...events]}
 
@@ -24,14 +25,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from squeezesam.models.predictor import DEFAULT_MODEL_PATH
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH, WEIGHTS_DIR
+
+if TYPE_CHECKING:
+    from squeezesam.backend.settings import Settings
 
 ACTIVE = "ACTIVE"
 HISTORY = "history.json"
 MODEL = "model.onnx"
 CARD = "card.json"
+CHECKPOINT = "checkpoint_fp16.pt"  # the fp16 weights a fine-tuning run resumes from
+BASE_CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # the shipped model's
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -47,19 +53,23 @@ class ModelVersion:
     active: bool
 
 
-def registry_root_from(settings: object | None = None) -> Path:
-    # TODO(settings): `registry_dir` (SQUEEZESAM_REGISTRY_DIR, default <data dir>/registry)
-    # belongs on backend.settings.Settings; read here with an environment fallback until then.
-    from squeezesam.backend.store import data_dir_from
+def registry_root_from(settings: Settings | None = None) -> Path:
+    """SQUEEZESAM_REGISTRY_DIR, else `<data dir>/registry`."""
+    from squeezesam.backend.settings import Settings
 
-    value = getattr(settings, "registry_dir", None) or os.environ.get("SQUEEZESAM_REGISTRY_DIR")
-    return Path(value) if value else data_dir_from(settings) / "registry"
+    return (settings or Settings.from_env()).registry_path
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike[str], default_model: Path = DEFAULT_MODEL_PATH):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        default_model: Path = DEFAULT_MODEL_PATH,
+        default_checkpoint: Path = BASE_CHECKPOINT,
+    ):
         self.root = Path(root)
         self.default_model = Path(default_model)
+        self.default_checkpoint = Path(default_checkpoint)
 
     # --- reading (no lock: every file is replaced atomically) --------------------------
 
@@ -74,6 +84,18 @@ class Registry:
         """The model file workers should load: the active version, else the shipped model."""
         version = self.active()
         return self.root / version / MODEL if version else self.default_model
+
+    def checkpoint_path(self, version: str | None = None) -> Path | None:
+        """fp16 weights of `version` (default: the active one) to fine-tune from.
+
+        The shipped model's are models/weights/squeezesam_fp16.pt; a version registered
+        without a checkpoint (`squeezesam models register` of a bare ONNX file) has none.
+        """
+        version = self.active() if version is None else version
+        if not version:
+            return self.default_checkpoint if self.default_checkpoint.is_file() else None
+        path = self.root / _checked(version) / CHECKPOINT
+        return path if path.is_file() else None
 
     def watch_token(self) -> str:
         """Changes whenever ACTIVE changes (content + mtime); cheap enough to poll."""
@@ -111,7 +133,11 @@ class Registry:
     # --- changing ------------------------------------------------------------------------
 
     def register(
-        self, onnx_path: str | os.PathLike[str], version: str, card: dict[str, Any]
+        self,
+        onnx_path: str | os.PathLike[str],
+        version: str,
+        card: dict[str, Any],
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> Path:
         """Copy the ONNX file in as `version` with its card; returns the stored model path.
 
@@ -129,6 +155,8 @@ class Registry:
             try:
                 tmp.mkdir()
                 shutil.copyfile(source, tmp / MODEL)
+                if checkpoint is not None:  # kept for the next fine-tuning run to resume
+                    shutil.copyfile(checkpoint, tmp / CHECKPOINT)
                 full = {"version": version, "created": _now(), **card}
                 (tmp / CARD).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
                 os.replace(tmp, folder)  # the version appears complete or not at all

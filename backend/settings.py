@@ -109,6 +109,73 @@ class Settings:
         "JOB_RETRIES", 2, "How often a job is retried after its worker died or it crashed."
     )
     log_level: str = _setting("LOG_LEVEL", "INFO", "Python logging level of every process.")
+    data_dir: str = _setting(
+        "SQUEEZESAM_DATA_DIR",
+        "~/.local/share/squeezesam",
+        "Folder of the label store (`labels.db` when SQLite, `masks/`), the model registry "
+        "and training runs' working files.",
+    )
+    database_url: str = _setting(
+        "DATABASE_URL",
+        "",
+        "Label store database. Empty: SQLite at `<data dir>/labels.db`; "
+        "`postgresql://user:pass@host/db` uses PostgreSQL (psycopg 3). Never logged.",
+        secret=True,
+    )
+    registry_dir: str = _setting(
+        "SQUEEZESAM_REGISTRY_DIR",
+        "",
+        "Model registry folder (versions, ACTIVE pointer). Empty: `<data dir>/registry`.",
+    )
+    train_min_new_labels: int = _setting(
+        "TRAIN_MIN_NEW_LABELS",
+        50,
+        "A project is fine-tuned (by the scheduler) once this many labels arrived since its "
+        "last run; 0 turns the scheduled runs off (Start Training and `squeezesam train` "
+        "still work).",
+    )
+    train_interval: float = _setting(
+        "TRAIN_INTERVAL",
+        600.0,
+        "Seconds between the scheduler's checks of TRAIN_MIN_NEW_LABELS (`squeezesam serve` "
+        "runs the scheduler).",
+    )
+    train_steps: int = _setting("TRAIN_STEPS", 300, "Optimizer steps of one fine-tuning run.")
+    train_size: int = _setting(
+        "TRAIN_SIZE", 256, "Working size (pixels, long side) of fine-tuning examples."
+    )
+    train_batch: int = _setting("TRAIN_BATCH", 8, "Fine-tuning batch size.")
+    train_replay_fraction: float = _setting(
+        "TRAIN_REPLAY_FRACTION",
+        0.3,
+        "Share of fine-tuning examples replayed from the base data (`../shared/data`, or "
+        "SQUEEZESAM_SHARED_DATA); skipped when that folder is absent.",
+    )
+    train_gate_clicks: int = _setting(
+        "TRAIN_GATE_CLICKS", 10, "Most clicks per object when the gate evaluates a model."
+    )
+    train_guard_per_set: int = _setting(
+        "TRAIN_GUARD_PER_SET",
+        8,
+        "Images per base set in the gate's guard set (the model must not forget the base "
+        "data); 0: no guard set.",
+    )
+    train_guard_tolerance: float = _setting(
+        "TRAIN_GUARD_TOLERANCE",
+        0.01,
+        "Largest drop of the guard set's 1-click mIoU the gate accepts for a promotion.",
+    )
+    train_lock_ttl: int = _setting(
+        "TRAIN_LOCK_TTL",
+        120,
+        "Seconds the training lock outlives a train worker that died mid-run (a live run "
+        "renews it every TTL/4).",
+    )
+    model_poll_interval: float = _setting(
+        "MODEL_POLL_INTERVAL",
+        1.0,
+        "Seconds between a worker's checks of the registry for a newly active model.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +211,18 @@ class Settings:
     @property
     def model_file(self) -> Path:
         return Path(self.model_path)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def registry_path(self) -> Path:
+        return (
+            Path(self.registry_dir).expanduser()
+            if self.registry_dir
+            else self.data_path / "registry"
+        )
 
 
 def _convert(raw: str, default: object) -> object:

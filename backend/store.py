@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from squeezesam.backend.settings import Settings
 from squeezesam.backend.store_io import (
     StoreError,
     insert_ignore,
@@ -60,18 +61,15 @@ MASKS_DIR = "masks"
 
 
 # --- settings -----------------------------------------------------------------------------
-# TODO(settings): `data_dir` (SQUEEZESAM_DATA_DIR) and `database_url` (DATABASE_URL) belong
-# on backend.settings.Settings; until they are added there, read them here with a fallback
-# to the environment. Remove these two helpers' fallbacks once the fields exist.
 
 
-def data_dir_from(settings: object | None = None) -> Path:
-    value = getattr(settings, "data_dir", None) or os.environ.get("SQUEEZESAM_DATA_DIR")
-    return Path(value or Path.home() / ".local" / "share" / "squeezesam").expanduser()
+def data_dir_from(settings: Settings | None = None) -> Path:
+    """SQUEEZESAM_DATA_DIR (`Settings.data_dir`), `~` expanded."""
+    return (settings or Settings.from_env()).data_path
 
 
-def database_url_from(settings: object | None = None) -> str:
-    return getattr(settings, "database_url", None) or os.environ.get("DATABASE_URL", "")
+def database_url_from(settings: Settings | None = None) -> str:
+    return (settings or Settings.from_env()).database_url
 
 
 def _engine_url(database_url: str, data_dir: Path) -> str:
@@ -107,7 +105,7 @@ class Store:
             raise StoreError(msg) from exc
 
     @classmethod
-    def open(cls, settings: object | None = None) -> Store:
+    def open(cls, settings: Settings | None = None) -> Store:
         return cls(data_dir_from(settings), database_url_from(settings))
 
     def close(self) -> None:

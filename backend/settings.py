@@ -102,8 +102,24 @@ class Settings:
     )
     preannotate_timeout: float = _setting(
         "PREANNOTATE_TIMEOUT",
-        90.0,
-        "Seconds a bulk `/predict` waits for all its tasks (Label Studio gives up at 100 s).",
+        30.0,
+        "Seconds a bulk `/predict` waits for its tasks (Label Studio gives up at 100 s); "
+        "tasks not ready by then are skipped in the answer and written back later.",
+    )
+    preannotate_chunk: int = _setting(
+        "PREANNOTATE_CHUNK", 8, "Tasks per background pre-annotation job."
+    )
+    preannotate_retry_seconds: float = _setting(
+        "PREANNOTATE_RETRY_SECONDS",
+        120.0,
+        "How long one Label Studio call of background pre-annotation is retried (with "
+        "exponential backoff) while Label Studio is down or answers 5xx/429.",
+    )
+    preannotate_cache_ttl: int = _setting(
+        "PREANNOTATE_CACHE_TTL",
+        7 * 24 * 3600,
+        "Seconds a finished pre-annotation stays in the Redis cache (by image, model "
+        "version and labeling config), so an opened task answers at once.",
     )
     job_retries: int = _setting(
         "JOB_RETRIES", 2, "How often a job is retried after its worker died or it crashed."

@@ -1,0 +1,115 @@
+"""Whole-project pre-annotation: tasks -> rq jobs on `preannotate` -> predictions in LS.
+
+Used by `squeezesam preannotate --project ID`, `POST /preannotate`, the TASKS_CREATED
+webhook and a bulk `/predict` that ran out of time. The work is split into chunk jobs
+(PREANNOTATE_CHUNK tasks each); each task in a chunk is: fetch the task from Label
+Studio, find its objects (or take them from the result cache), write one prediction.
+
+* Idempotent and restartable: a Redis set of done task ids per (project, model version)
+  is checked before the work and updated after the write; in between, Label Studio's
+  own predictions of the task are re-checked, so a crash between the write and the
+  set update does not write twice. A restart simply enqueues the project again.
+* Label Studio down or slow: every call is retried with bounded exponential backoff
+  (ls_client.py); a chunk that still fails raises, rq retries it, and its tasks stay
+  not-done, so the next run picks them up: nothing is lost.
+* Not flooding Label Studio: one chunk runs per preannotate worker, its calls one after
+  the other, so in-flight requests are bounded by the number of preannotate workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+
+from . import events
+from .settings import Settings
+
+QUEUE = "preannotate"
+
+
+def done_key(project_id: int, version: str) -> str:
+    return f"squeezesam:preannotate-done:{project_id}:{version}"
+
+
+def errors_key(project_id: int) -> str:
+    """Hash task id -> last error of that task (bad image...), for the dashboard/CLI."""
+    return f"squeezesam:preannotate-errors:{project_id}"
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    project_id: int
+    task_ids: tuple[int, ...]
+    label_config: str | None = None  # None: the job reads it from Label Studio
+
+
+def join_progress(conn: redis.Redis, project_id: int, count: int, version: str) -> None:
+    """Add tasks to the project's running progress (events.py), or start a new run.
+
+    A run still going (no finished_at, not all done) grows by `count`, so tasks imported
+    during a whole-project run (TASKS_CREATED) show up in the same progress bar.
+    """
+    key = events.progress_key(project_id)
+    running = [p for p in events.read_progress(conn, project_id) if p.state == "running"]
+    if running:
+        conn.hincrby(key, events.F_TOTAL, count)
+    else:
+        events.progress_start(conn, project_id, count, version)
+
+
+def _connection(connection_or_dispatcher: Any) -> redis.Redis:
+    return getattr(connection_or_dispatcher, "redis", connection_or_dispatcher)
+
+
+def _unique_ints(values: Iterable[Any]) -> list[int]:
+    seen: dict[int, None] = {}
+    for value in values:
+        seen.setdefault(int(value), None)
+    return list(seen)
+
+
+def enqueue_tasks(
+    connection_or_dispatcher: Any,
+    settings: Settings,
+    project_id: int,
+    task_ids: list[int],
+    label_config: str | None = None,
+) -> int:
+    """Queue these tasks of a project for pre-annotation; returns how many were queued.
+
+    Tasks already done for the current model version are left out. Safe to call again
+    with the same tasks (the job re-checks before writing). Answers in milliseconds
+    (Redis only), so the /webhook route can call it within Label Studio's 1 s timeout.
+    """
+    from .worker import model_version
+
+    conn = _connection(connection_or_dispatcher)
+    version = model_version(settings)
+    ids = _unique_ints(task_ids)
+    if not ids:
+        return 0
+    done = conn.smismember(done_key(project_id, version), ids)
+    todo = [t for t, is_done in zip(ids, done, strict=True) if not is_done]
+    if not todo:
+        return 0
+    join_progress(conn, project_id, len(todo), version)
+    queue = Queue(QUEUE, connection=conn)
+    size = max(1, settings.preannotate_chunk)
+    for start in range(0, len(todo), size):
+        chunk = tuple(todo[start : start + size])
+        queue.enqueue(
+            "squeezesam.backend.preannotate_job.run_chunk",
+            ChunkJob(int(project_id), chunk, label_config),
+            # the model takes well under a second per task; Label Studio backoff may
+            # add PREANNOTATE_RETRY_SECONDS per call: the job timeout allows for both
+            job_timeout=int(60 + len(chunk) * 10 + 3 * settings.preannotate_retry_seconds),
+            result_ttl=600,
+            failure_ttl=7 * 24 * 3600,
+            retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+            description=f"preannotate project {project_id}: {len(chunk)} tasks",
+        )
+    return len(todo)

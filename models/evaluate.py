@@ -271,12 +271,24 @@ def main_args(args) -> None:  # called by the CLI
         if not model.is_file():
             raise SystemExit(f"squeezesam eval: model file {model} not found")
         seg = OnnxSegmenter(model, args.threads)
-    try:
-        out = evaluate(seg, data, args.split, args.max_clicks, args.part_clicks, args.max_images)
-    except ValueError as exc:
-        raise SystemExit(f"squeezesam eval: {exc}") from exc
+    folders = discover_sets(data) if args.per_set else [data]
+    if not folders:
+        raise SystemExit(
+            f"squeezesam eval: no image set (images/, masks/, objects.csv) under {data}"
+        )
+    results = {}
+    for folder in folders:
+        try:
+            out = evaluate(
+                seg, folder, args.split, args.max_clicks, args.part_clicks, args.max_images
+            )
+        except ValueError as exc:
+            raise SystemExit(f"squeezesam eval: {exc}") from exc
+        results[folder.name] = out
+        if not args.json:
+            for k, v in out.items():
+                print(f"{k:>28}: {v}")
+            print()
     if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>28}: {v}")
+        # one JSON object on the last line: the figures, or {set name: figures} per set
+        print(json.dumps(results if args.per_set else results[data.name]))

@@ -16,10 +16,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
-
 from squeezesam.backend.labelstudio import PayloadError as _LSPayloadError
+from squeezesam.backend.masks import decode_brush_rle
 from squeezesam.backend.store import Store
 from squeezesam.backend.store_schema import AnnotationRecord, Click, ObjectRecord
 
@@ -142,14 +140,10 @@ def _brush_objects(annotation_id: int, result: list[Any]) -> list[ObjectRecord]:
         height = _int(region.get("original_height"), f"{where}.original_height")
         if not isinstance(rle, list) or not rle or width <= 0 or height <= 0:
             raise PayloadError(f"{where}: needs a non-empty 'rle' list and a positive size")
-        try:
-            flat = decode_rle(rle)
-        except Exception as exc:  # the SDK raises assorted errors on corrupt bit streams
-            raise PayloadError(f"{where}: brush RLE does not decode: {exc}") from None
-        if flat.size != width * height * 4:
-            raise PayloadError(f"{where}: RLE holds {flat.size} bytes, expected "
-                               f"{width}x{height}x4 = {width * height * 4}")  # fmt: skip
-        mask = np.ascontiguousarray(flat.reshape(height, width, 4)[:, :, 3])
+        try:  # bounded: the RLE's claimed length is checked before anything is allocated
+            mask = decode_brush_rle(rle, width, height)
+        except ValueError as exc:
+            raise PayloadError(f"{where}: {exc}") from None
         labels = value.get("brushlabels") or []
         label = labels[0] if isinstance(labels, list) and labels else ""
         score = region.get("score")

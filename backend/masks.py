@@ -54,3 +54,43 @@ def clip_to_box(mask: np.ndarray, box: tuple[float, float, float, float]) -> np.
     clipped = np.zeros_like(mask, dtype=bool)
     clipped[r0:r1, c0:c1] = mask[r0:r1, c0:c1]
     return clipped
+
+
+# --- brush RLE from outside (webhooks, task payloads) -------------------------------------
+
+# An RLE's first 32 bits claim its decoded length; the SDK's decoder allocates that many
+# bytes before reading a single run (up to 4 GB for 4 bytes of input). Masks larger than
+# this many pixels (x4 bytes, RGBA) are refused before anything is allocated.
+MAX_RLE_PIXELS = 100_000_000
+
+
+def decode_brush_rle(rle: object, width: int, height: int) -> np.ndarray:
+    """Label Studio brush RLE of a (height, width) RGBA image -> uint8 alpha mask (H, W).
+
+    Raises ValueError naming the problem for anything that is not such an RLE: not a list
+    of bytes (ints 0-255), a size that is not positive or above MAX_RLE_PIXELS, a header
+    whose length is not width x height x 4, or a bit stream that ends early or is corrupt.
+    """
+    from label_studio_sdk.converter.brush import decode_rle
+
+    if not isinstance(rle, list | tuple) or len(rle) < 6:
+        raise ValueError("brush RLE must be a list of at least 6 bytes")
+    if not all(type(v) is int and 0 <= v <= 255 for v in rle):
+        raise ValueError("brush RLE must hold integers 0-255 only")
+    for name, value in (("width", width), ("height", height)):
+        if type(value) is not int or value <= 0:
+            raise ValueError(f"mask {name} must be a positive integer, got {value!r}")
+    if width * height > MAX_RLE_PIXELS:
+        raise ValueError(f"mask {width}x{height} is above {MAX_RLE_PIXELS} pixels")
+    claimed = int.from_bytes(bytes(rle[:4]), "big")
+    if claimed != width * height * 4:
+        raise ValueError(
+            f"RLE holds {claimed} bytes, expected {width}x{height}x4 = {width * height * 4}"
+        )
+    try:
+        flat = decode_rle(list(rle))
+    except Exception as exc:  # the SDK raises assorted errors on a corrupt bit stream
+        raise ValueError(f"brush RLE does not decode: {type(exc).__name__}: {exc}") from None
+    if flat.size != claimed:
+        raise ValueError(f"brush RLE decoded to {flat.size} bytes, expected {claimed}")
+    return np.ascontiguousarray(flat.reshape(height, width, 4)[:, :, 3])

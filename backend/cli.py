@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "squeezesam.backend.serve",  # serve, web, worker
     "squeezesam.models.cli_commands",  # eval, train-base, export
+    "squeezesam.backend.preannotate_cli",  # preannotate --project ID
 )
 
 

@@ -68,11 +68,10 @@ class Dispatcher:
         no_worker_since: float | None = None
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._cancel(job)
-                return Outcome(504, error=f"no answer within {self._budget(job)} s (job timed out)")
-            block_ms = max(1, int(min(remaining, SLICE_SECONDS) * 1000))
-            response = self.redis.xread({key: last_id}, block=block_ms)
+            # past the deadline: one last non-blocking read (a bulk request waits on its
+            # jobs one after the other, so later ones may well be finished by now)
+            block_ms = int(min(remaining, SLICE_SECONDS) * 1000) if remaining > 0 else 0
+            response = self.redis.xread({key: last_id}, block=block_ms if block_ms > 0 else None)
             for entry_id, payload in response[0][1] if response else []:
                 last_id = entry_id
                 result = Result.restore(job.id, entry_id.decode(), payload, connection=self.redis)
@@ -80,6 +79,9 @@ class Dispatcher:
                     return result.return_value
                 if result.type in (Result.Type.FAILED, Result.Type.STOPPED):
                     return Outcome(500, error=f"the job failed: {_last_line(result.exc_string)}")
+            if remaining <= 0:
+                self._cancel(job)
+                return Outcome(504, error=f"no answer within {self._budget(job)} s (job timed out)")
             if response:
                 continue
             status, no_worker_since = self._check(job, no_worker_since)

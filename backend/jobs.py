@@ -13,17 +13,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from squeezesam.models.objects import find_objects
 from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
 
+from . import results_cache
 from .images import ImageError, decode, resolve
 from .labelstudio import (
+    BrushRegion,
     ClickPrompt,
     PayloadError,
     ProjectConfig,
     brush_result,
     choose_label,
+    object_label,
     prediction,
     prompt_clicks,
 )
@@ -47,6 +52,7 @@ class ClickJob:
     image_ref: str
     prompt: ClickPrompt
     config: ProjectConfig
+    regions: tuple[BrushRegion, ...] = ()  # brush regions already on the task
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,15 @@ def load_image(rt: Runtime, ref: str) -> PreparedImage:
 
 
 def segment(
-    predictor: Predictor, prepared: PreparedImage, prompt: ClickPrompt
+    predictor: Predictor,
+    prepared: PreparedImage,
+    prompt: ClickPrompt,
+    prev_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Prediction]:
     """Prompt -> model -> mask clipped to the box (if any) and cleaned, original size."""
     height, width = prepared.original_size
     clicks, box = prompt_clicks(prompt, height, width)
-    predicted = predictor.predict(prepared, clicks)
+    predicted = predictor.predict(prepared, clicks, prev_mask=prev_mask)
     mask = predicted.mask if box is None else clip_to_box(predicted.mask, box)
     keep = [(int(c.y), int(c.x)) for c in clicks if c.positive]
     return clean_mask(mask, keep=keep), predicted
@@ -82,42 +91,85 @@ def segment(
 def segment_click(job: ClickJob) -> Outcome:
     """One click: cached image -> `segment` -> brushlabels result (the interactive path)."""
     rt = runtime()
+    predictor = rt.predictor  # once: a model swap mid-job must not mix two versions
     try:
         prepared = load_image(rt, job.image_ref)
-        mask, predicted = segment(rt.predictor, prepared, job.prompt)
-        label = choose_label(job.prompt.label, predicted.label, job.config)
+        prev, region_label = region_under_click(job.regions, job.prompt, prepared)
+        mask, predicted = segment(predictor, prepared, job.prompt, prev_mask=prev)
+        label = choose_label(region_label or job.prompt.label, predicted.label, job.config)
         results = [brush_result(mask, label, predicted.score, job.config)] if mask.any() else []
-        item = prediction(results, predicted.score, rt.predictor.version)
+        item = prediction(results, predicted.score, predictor.version)
         return Outcome(200, json.dumps(item, separators=(",", ":")))
     except (ImageError, PayloadError) as exc:
         return Outcome(exc.status, error=str(exc))
 
 
-def find_objects(
-    predictor: Predictor, prepared: PreparedImage
-) -> list[tuple[np.ndarray, Prediction]]:
-    """Zero-click pre-annotation: whole objects as (mask, Prediction). Not yet: none.
+def region_under_click(
+    regions: tuple[BrushRegion, ...], prompt: ClickPrompt, prepared: PreparedImage
+) -> tuple[np.ndarray | None, str | None]:
+    """(mask, label) of the first region holding the first positive click, else (None, None).
 
-    The later issue replaces this body (saliency -> components -> clicks -> objects);
-    `preannotate_task` already turns whatever it returns into brush results.
+    A click on a pre-annotated object refines that object: its mask becomes the
+    network's previous mask and its label is kept, so the first click does not throw a
+    good pre-annotation away. A click outside every region starts a new object.
     """
-    return []
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = prepared.original_size
+    clicks, _ = prompt_clicks(prompt, height, width)
+    first = next((c for c in clicks if c.positive), None)
+    if first is None or not regions:
+        return None, None
+    for region in regions:
+        # the region's pixel grid may differ from ours (another decoder's EXIF handling)
+        ry = min(int(first.y * region.height / height), region.height - 1)
+        rx = min(int(first.x * region.width / width), region.width - 1)
+        try:
+            rgba = decode_rle(list(region.rle)).reshape(region.height, region.width, 4)
+        except ValueError:  # an RLE that does not match its size: not a usable mask
+            continue
+        mask = rgba[:, :, 3] > 0
+        if not mask[ry, rx]:
+            continue
+        if mask.shape != (height, width):
+            mask = cv2.resize(mask.astype(np.uint8), (width, height), cv2.INTER_NEAREST) > 0
+        return mask, region.label
+    return None, None
+
+
+def preannotate(rt: Runtime, image_ref: str, config: ProjectConfig) -> Outcome:
+    """One task, zero clicks: the cached answer, or find objects, label, encode, cache.
+
+    The finished item (JSON text) is cached by (image, model version, config), so a task
+    pre-annotated in the background answers at once when an annotator opens it.
+    """
+    predictor = rt.predictor  # once: a model swap mid-job must not mix two versions
+    key = results_cache.key(image_ref, predictor.version, config)
+    cached = results_cache.get(rt.cache.redis, key)
+    if cached is not None:
+        return Outcome(200, cached)
+    try:
+        prepared = load_image(rt, image_ref)
+    except (ImageError, PayloadError) as exc:
+        return Outcome(exc.status, error=str(exc))
+    results, scores = [], []
+    for found in find_objects(predictor, prepared):
+        labelled = object_label(found.label, found.class_probs, found.score, config)
+        if labelled is None:
+            continue  # an `other` object the config has no label for
+        keep = [(int(c.y), int(c.x)) for c in found.clicks if c.positive]
+        cleaned = clean_mask(found.mask, keep=keep)
+        if cleaned.any():
+            label, score = labelled
+            results.append(brush_result(cleaned, label, score, config))
+            scores.append(score)
+    # the task's score: its weakest region, so a task with one doubtful region sorts low
+    score = float(min(scores)) if scores else 0.0
+    text = json.dumps(prediction(results, score, predictor.version), separators=(",", ":"))
+    results_cache.put(rt.cache.redis, key, text, rt.settings.preannotate_cache_ttl)
+    return Outcome(200, text)
 
 
 def preannotate_task(job: TaskJob) -> Outcome:
-    """One task of a bulk `/predict`: fetch (and so cache) its image, find objects."""
-    rt = runtime()
-    try:
-        prepared = load_image(rt, job.image_ref)
-        results, scores = [], []
-        for mask, predicted in find_objects(rt.predictor, prepared):
-            cleaned = clean_mask(mask)
-            if cleaned.any():
-                label = choose_label(None, predicted.label, job.config)
-                results.append(brush_result(cleaned, label, predicted.score, job.config))
-                scores.append(predicted.score)
-        score = float(np.mean(scores)) if scores else 0.0
-        item = prediction(results, score, rt.predictor.version)
-        return Outcome(200, json.dumps(item, separators=(",", ":")))
-    except (ImageError, PayloadError) as exc:
-        return Outcome(exc.status, error=str(exc))
+    """One task of a bulk `/predict` (see `preannotate`)."""
+    return preannotate(runtime(), job.image_ref, job.config)

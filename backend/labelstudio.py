@@ -152,6 +152,56 @@ def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
     return ClickPrompt(tuple(points), box, label or negative_label)
 
 
+@dataclass(frozen=True)
+class BrushRegion:
+    """A brush region already on the task (a pre-annotation, a draft, an annotation)."""
+
+    rle: tuple[int, ...]  # Label Studio brush RLE of an RGBA (height, width, 4) image
+    width: int
+    height: int
+    label: str | None
+
+
+REGION_SOURCES = ("drafts", "annotations", "predictions")  # most recent work first
+
+
+def task_regions(task: Any, config: ProjectConfig) -> tuple[BrushRegion, ...]:
+    """Brush regions of the task the interactive payload carries, in priority order.
+
+    The annotator's own work (drafts, then annotations, newest first) comes before the
+    predictions: a click refines what the annotator sees, which starts from those.
+    Malformed regions are skipped: they only ever seed a previous mask.
+    """
+    if not isinstance(task, dict):
+        return ()
+    regions: list[BrushRegion] = []
+    for source in REGION_SOURCES:
+        items = task.get(source)
+        for item in reversed(items) if isinstance(items, list) else ():
+            results = item.get("result") if isinstance(item, dict) else None
+            for r in results if isinstance(results, list) else ():
+                region = _brush_region(r, config)
+                if region is not None:
+                    regions.append(region)
+    return tuple(regions)
+
+
+def _brush_region(r: Any, config: ProjectConfig) -> BrushRegion | None:
+    if not isinstance(r, dict) or r.get("type") != "brushlabels":
+        return None
+    if r.get("from_name", config.brush_name) != config.brush_name:
+        return None
+    value, w, h = r.get("value"), r.get("original_width"), r.get("original_height")
+    if not isinstance(value, dict) or value.get("format") != "rle":
+        return None
+    rle = value.get("rle")
+    if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+        return None
+    if not isinstance(rle, list) or not rle or not all(isinstance(v, int) for v in rle):
+        return None
+    return BrushRegion(tuple(rle), w, h, _first_label(value, "brushlabels"))
+
+
 def _number(value: dict, key: str, default: float | None = None) -> float:
     raw = value.get(key, default)
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
@@ -182,6 +232,28 @@ def choose_label(prompt_label: str | None, model_class: str, config: ProjectConf
     if model_class in by_lower:
         return by_lower[model_class]
     return labels[0] if labels else (prompt_label or model_class)
+
+
+def object_label(
+    model_class: str, class_probs: dict[str, float], iou: float, config: ProjectConfig
+) -> tuple[str, float] | None:
+    """(label, score) of a zero-click object, or None to drop it.
+
+    The model's class (person / pet / other) picks the config's label of the same name
+    (case-insensitive); a config with a single label takes every object under it (its
+    one label is whatever that project segments). Otherwise the object is dropped: an
+    `other` object must never show up as a person or a pet.
+
+    Score: predicted IoU x probability of the label's class, i.e. "a good mask AND the
+    right label", so sorting predictions by score in Label Studio puts both kinds of
+    mistakes last. A single-label config ignores the class, so its score is the IoU.
+    """
+    by_lower = {name.lower(): name for name in config.brush_labels}
+    if model_class.lower() in by_lower:
+        return by_lower[model_class.lower()], iou * class_probs.get(model_class, 1.0)
+    if len(config.brush_labels) == 1:
+        return config.brush_labels[0], iou
+    return None
 
 
 # --- results ------------------------------------------------------------------------

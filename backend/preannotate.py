@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.job import Job
 
 from . import events
 from .settings import Settings
@@ -81,26 +82,42 @@ def enqueue_tasks(
 ) -> int:
     """Queue these tasks of a project for pre-annotation; returns how many were queued.
 
-    Tasks already done for the current model version are left out. Safe to call again
-    with the same tasks (the job re-checks before writing). Answers in milliseconds
-    (Redis only), so the /webhook route can call it within Label Studio's 1 s timeout.
+    For TASKS_CREATED and for bulk `/predict` tasks that ran out of time. Tasks already
+    done for the current model version are left out; queuing a task twice is harmless
+    (the job re-checks before writing). Redis only, milliseconds: fits in Label
+    Studio's 1 s webhook timeout. The tasks join a running progress, if any.
     """
     from .worker import model_version
 
     conn = _connection(connection_or_dispatcher)
     version = model_version(settings)
+    return enqueue_ids(conn, settings, project_id, task_ids, label_config, version)
+
+
+def enqueue_ids(
+    conn: redis.Redis,
+    settings: Settings,
+    project_id: int,
+    task_ids: Iterable[Any],
+    label_config: str | None,
+    version: str,
+    new_run: bool = False,
+) -> int:
+    """Chunk jobs for the not-done tasks; `new_run` restarts the progress counters."""
     ids = _unique_ints(task_ids)
-    if not ids:
-        return 0
-    done = conn.smismember(done_key(project_id, version), ids)
-    todo = [t for t, is_done in zip(ids, done, strict=True) if not is_done]
-    if not todo:
-        return 0
-    join_progress(conn, project_id, len(todo), version)
+    if ids:
+        done = conn.smismember(done_key(project_id, version), ids)
+        ids = [t for t, is_done in zip(ids, done, strict=True) if not is_done]
+    if new_run:
+        events.progress_start(conn, project_id, len(ids), version)
+        if not ids:
+            events.progress_finish(conn, project_id)
+    elif ids:
+        join_progress(conn, project_id, len(ids), version)
     queue = Queue(QUEUE, connection=conn)
     size = max(1, settings.preannotate_chunk)
-    for start in range(0, len(todo), size):
-        chunk = tuple(todo[start : start + size])
+    for start in range(0, len(ids), size):
+        chunk = tuple(ids[start : start + size])
         queue.enqueue(
             "squeezesam.backend.preannotate_job.run_chunk",
             ChunkJob(int(project_id), chunk, label_config),
@@ -112,4 +129,49 @@ def enqueue_tasks(
             retry=Retry(max=settings.job_retries) if settings.job_retries else None,
             description=f"preannotate project {project_id}: {len(chunk)} tasks",
         )
-    return len(todo)
+    return len(ids)
+
+
+def start_project(
+    connection_or_dispatcher: Any, settings: Settings, project_id: int, limit: int | None = None
+) -> Job:
+    """Queue the planning job of a whole-project run (lists tasks, queues chunks)."""
+    from .preannotate_job import PlanJob
+
+    conn = _connection(connection_or_dispatcher)
+    return Queue(QUEUE, connection=conn).enqueue(
+        "squeezesam.backend.preannotate_job.plan_project",
+        PlanJob(int(project_id), limit),
+        job_timeout=int(600 + 3 * settings.preannotate_retry_seconds),  # big projects list slowly
+        result_ttl=24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"plan pre-annotation of project {project_id}",
+    )
+
+
+def record_error(conn: redis.Redis, project_id: int, task_id: Any, message: str) -> None:
+    key = errors_key(project_id)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hset(key, str(task_id), message[:500])
+        pipe.expire(key, events.PREANNOTATE_TTL)
+        pipe.execute()
+
+
+def run_status(conn: redis.Redis, project_id: int, max_errors: int = 50) -> dict[str, Any]:
+    """Progress (events.py) + tasks per second + the latest task errors, as JSON."""
+    runs = events.read_progress(conn, project_id)
+    body: dict[str, Any] = {"project": project_id, "state": "none"}
+    if runs:
+        run = runs[0]
+        body = run.as_row() | {"project": project_id}
+        end = run.finished_at or run.updated_at
+        elapsed = (end - run.started_at) if end and run.started_at else 0.0
+        body["rate"] = round(run.done / elapsed, 2) if elapsed > 0 else 0.0
+    errors = conn.hgetall(errors_key(project_id))
+    items = sorted(((_as_id(k.decode()), v.decode()) for k, v in errors.items()), reverse=True)
+    body["errors"] = [{"task": t, "error": e} for t, e in items[:max_errors]]
+    return body
+
+
+def _as_id(text: str) -> int:
+    return int(text) if text.lstrip("-").isdigit() else -1

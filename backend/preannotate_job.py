@@ -1,0 +1,173 @@
+"""What the `preannotate` queue runs for whole projects (queued by preannotate.py).
+
+`plan_project`: list the project's tasks (label-studio-sdk), skip those that already
+have a prediction of the current model version, queue the rest in chunks.
+`run_chunk`: per task, in order: done set -> claim -> task from Label Studio (its
+predictions re-checked) -> objects (result cache or model) -> prediction written ->
+done set. See preannotate.py for the guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+
+import redis
+from rq import get_current_job
+
+from . import events, jobs
+from .labelstudio import PayloadError, ProjectConfig, parse_label_config, task_image
+from .ls_client import LabelStudioClient, TaskGone, has_prediction
+from .preannotate import QUEUE, ChunkJob, done_key, enqueue_ids, errors_key, record_error
+from .worker import Runtime, alive_workers, runtime
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL = 600  # seconds; a claim of a live worker never lasts longer than one task
+
+
+@dataclass(frozen=True)
+class PlanJob:
+    project_id: int
+    limit: int | None = None
+
+
+_clients: dict[int, LabelStudioClient] = {}
+
+
+def ls_client(rt: Runtime) -> LabelStudioClient:
+    """One SDK client per worker process (connection pool, token refresh)."""
+    key = id(rt.settings)
+    if key not in _clients:
+        _clients[key] = LabelStudioClient(rt.settings)
+    return _clients[key]
+
+
+def plan(
+    ls: LabelStudioClient,
+    conn: redis.Redis,
+    settings,
+    project_id: int,
+    version: str,
+    limit: int | None = None,
+) -> int:
+    """Queue the project's tasks without a prediction of `version`; returns how many."""
+    label_config = ls.label_config(project_id)
+    parse_label_config(label_config)  # an unusable config fails the run here, clearly
+    todo, already = [], []
+    for task in ls.iter_tasks(project_id):
+        if has_prediction(task, version):
+            already.append(int(task["id"]))
+        elif limit is None or len(todo) < limit:
+            todo.append(int(task["id"]))
+    if already:
+        conn.sadd(done_key(project_id, version), *already)
+    log.info("project %s: %d tasks to pre-annotate, %d already done", project_id, len(todo),
+             len(already))  # fmt: skip
+    return enqueue_ids(conn, settings, project_id, todo, label_config, version, new_run=True)
+
+
+def plan_project(job: PlanJob) -> int:
+    rt = runtime()
+    return plan(ls_client(rt), rt.cache.redis, rt.settings, job.project_id,
+                rt.predictor.version, job.limit)  # fmt: skip
+
+
+def run_chunk(job: ChunkJob) -> dict[str, int]:
+    """Pre-annotate a chunk of tasks; counts by outcome. Raises only if LS stays down."""
+    rt = runtime()
+    conn: redis.Redis = rt.cache.redis
+    ls = ls_client(rt)
+    version = rt.predictor.version
+    config = parse_label_config(job.label_config or ls.label_config(job.project_id))
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    try:
+        for task_id in job.task_ids:
+            outcome = _one_task(rt, ls, conn, config, job.project_id, task_id, version)
+            counts[outcome] += 1
+            events.progress_advance(conn, job.project_id, failed=int(outcome == "failed"))
+    finally:
+        _finish_if_complete(conn, job.project_id)
+    return counts
+
+
+def _one_task(
+    rt: Runtime,
+    ls: LabelStudioClient,
+    conn: redis.Redis,
+    config: ProjectConfig,
+    project_id: int,
+    task_id: int,
+    version: str,
+) -> str:
+    done = done_key(project_id, version)
+    if conn.sismember(done, task_id):
+        return "skipped"
+    claim = _claim(conn, project_id, task_id)
+    if claim is None:  # a live worker is on it right now (the same task queued twice)
+        return "skipped"
+    try:
+        try:
+            task = ls.get_task(task_id)
+        except TaskGone as exc:
+            record_error(conn, project_id, task_id, str(exc))
+            return "failed"
+        # re-check under the claim: a crash after the write but before SADD, or an
+        # answer to a bulk /predict, already stored this model's prediction
+        if has_prediction(task, version) or conn.sismember(done, task_id):
+            conn.sadd(done, task_id)
+            return "skipped"
+        try:
+            ref = task_image(task, config).ref
+        except PayloadError as exc:
+            record_error(conn, project_id, task_id, str(exc))
+            return "failed"
+        outcome = jobs.preannotate(rt, ref, config)
+        if not outcome.ok:  # a bad image: reported per task, the run goes on
+            log.warning("project %s task %s: %s", project_id, task_id, outcome.error)
+            record_error(conn, project_id, task_id, outcome.error)
+            return "failed"
+        item = json.loads(outcome.body)
+        if item["model_version"] != version:  # the model was swapped mid-chunk
+            version = item["model_version"]
+            done = done_key(project_id, version)
+        # an empty result is written too: "the model looked and found nothing" is an
+        # answer, and it keeps Retrieve Predictions from asking again
+        ls.create_prediction(task_id, item["result"], item["score"], version)
+        conn.sadd(done, task_id)
+        conn.hdel(errors_key(project_id), task_id)
+        return "written"
+    finally:
+        _release(conn, project_id, task_id, claim)
+
+
+def _claim_key(project_id: int, task_id: int) -> str:
+    return f"squeezesam:preannotate-claim:{project_id}:{task_id}"
+
+
+def _claim(conn: redis.Redis, project_id: int, task_id: int) -> str | None:
+    """Claim the task for this worker; steal the claim of a dead worker (crash restart)."""
+    current = get_current_job()
+    me = (current.worker_name if current else None) or f"inline-{uuid.uuid4().hex[:8]}"
+    key = _claim_key(project_id, task_id)
+    if conn.set(key, me, nx=True, ex=CLAIM_TTL):
+        return me
+    holder = (conn.get(key) or b"").decode()
+    if holder == me or holder not in alive_workers(conn, QUEUE):
+        conn.set(key, me, ex=CLAIM_TTL)
+        return me
+    return None
+
+
+def _release(conn: redis.Redis, project_id: int, task_id: int, claim: str) -> None:
+    key = _claim_key(project_id, task_id)
+    if (conn.get(key) or b"").decode() == claim:
+        conn.delete(key)
+
+
+def _finish_if_complete(conn: redis.Redis, project_id: int) -> None:
+    for progress in events.read_progress(conn, project_id):
+        if progress.finished_at is None and progress.total and progress.done >= progress.total:
+            events.progress_finish(conn, project_id)

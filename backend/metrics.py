@@ -1,0 +1,283 @@
+"""`/metrics`: Prometheus text format, every metric named `squeezesam_...`.
+
+Two kinds of figures, because web and workers are separate processes:
+
+- Latency, observed where it is felt: the web process waits on every job, so it times
+  each click and each pre-annotated task end to end (queue wait + model + encoding) and
+  calls `observe_click` / `observe_preannotation`. These histograms live in this
+  process's memory (one web process, as `squeezesam web` runs it; under a multi-process
+  WSGI server each process would report its own, which Prometheus sums fine per label).
+- Everything cross-process is read at scrape time by `StateCollector`: rq queue lengths
+  and job registries and worker heartbeats from Redis, the active model version, label
+  counts and fine-tuning runs from the label store, pre-annotation progress from Redis
+  (events.py). Nothing is cached, so a scrape shows the state at that moment; a source
+  that cannot be read is reported by `squeezesam_source_up{source} 0`, and the scrape
+  still answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from rq import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from squeezesam.backend.events import ensure_training_runs, read_progress, training_runs_table
+from squeezesam.backend.store_schema import annotations, clicks, objects
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("interactive", "preannotate", "train")  # as dispatch.QUEUES (not imported: cheap)
+EXTENSION = "squeezesam.metrics"
+
+# --- latency, observed in the web process ------------------------------------------------
+
+LATENCY_REGISTRY = CollectorRegistry(auto_describe=True)
+# Clicks: the editor waits on each; 40 ms model passes, so fine buckets below a second.
+CLICK_LATENCY = Histogram(
+    "squeezesam_click_latency_seconds",
+    "One interactive click through the service (enqueue to answer), by outcome",
+    ["outcome"],
+    buckets=(0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 20, 30),
+    registry=LATENCY_REGISTRY,
+)
+# Pre-annotation: one task of a bulk /predict; Label Studio gives the whole call 100 s.
+PREANNOTATION_LATENCY = Histogram(
+    "squeezesam_preannotation_latency_seconds",
+    "One task of a bulk /predict (enqueue to answer), by outcome",
+    ["outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120),
+    registry=LATENCY_REGISTRY,
+)
+OUTCOMES = ("ok", "bad_request", "unavailable", "timeout", "error")
+
+
+def outcome_of(status: int | str) -> str:
+    """An HTTP status (the job Outcome's) as a small fixed label set."""
+    if isinstance(status, str):
+        return status if status in OUTCOMES else "error"
+    if status < 400:
+        return "ok"
+    if status == 503:
+        return "unavailable"  # no worker, Redis down
+    if status == 504:
+        return "timeout"
+    return "bad_request" if status < 500 else "error"
+
+
+def observe_click(seconds: float, outcome: int | str = "ok") -> None:
+    """Record one interactive click; `outcome`: the HTTP status answered, or a label."""
+    CLICK_LATENCY.labels(outcome_of(outcome)).observe(seconds)
+
+
+def observe_preannotation(seconds: float, outcome: int | str = "ok") -> None:
+    """Record one task of a bulk /predict (call once per task, with its own status)."""
+    PREANNOTATION_LATENCY.labels(outcome_of(outcome)).observe(seconds)
+
+
+# --- cross-process state, read at scrape time --------------------------------------------
+
+_JOB_STATES = {
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,  # kept for result_ttl (60 s): recent outcomes
+    "failed": FailedJobRegistry,  # kept for failure_ttl (600 s)
+    "deferred": DeferredJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+    "canceled": CanceledJobRegistry,
+}
+
+
+class StateCollector:
+    """A custom Collector: queries Redis and the store on every scrape."""
+
+    def __init__(self, sources: Any) -> None:
+        self.sources = sources  # dashboard.Sources: lazy engine + Redis client
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "squeezesam_source_up",
+            "Whether a source could be read in this scrape",
+            labels=["source"],
+        )
+        for source, read in (("redis", self._redis), ("store", self._store)):
+            ok = True
+            try:
+                yield from read()
+            except Exception as exc:  # a metrics scrape must never fail the whole answer
+                log.warning("metrics: reading %s failed: %s", source, exc)
+                ok = False
+            up.add_metric([source], 1.0 if ok else 0.0)
+        yield from self._model()
+        yield up
+
+    def _redis(self) -> Iterator[Metric]:
+        conn = self.sources.redis()
+        if conn is None:
+            raise RuntimeError("REDIS_URL is not set")
+        depth = GaugeMetricFamily(
+            "squeezesam_queue_depth", "Jobs waiting in a queue", labels=["queue"]
+        )
+        jobs = GaugeMetricFamily(
+            "squeezesam_queue_jobs",
+            "Jobs in rq's registries per queue and state (finished/failed: recent, as long "
+            "as rq keeps them)",
+            labels=["queue", "state"],
+        )
+        workers = GaugeMetricFamily(
+            "squeezesam_workers", "Workers with a live heartbeat, per queue", labels=["queue"]
+        )
+        from squeezesam.backend.worker import alive_workers
+
+        for name in QUEUES:
+            depth.add_metric([name], Queue(name, connection=conn).count)
+            for state, registry in _JOB_STATES.items():
+                jobs.add_metric([name, state], registry(name, connection=conn).count)
+            workers.add_metric([name], len(alive_workers(conn, name)))
+        tasks = GaugeMetricFamily(
+            "squeezesam_preannotation_tasks",
+            "Tasks of the current pre-annotation run per project (events.py contract)",
+            labels=["project", "state"],
+        )
+        for p in read_progress(conn):
+            for state, value in (("total", p.total), ("done", p.done), ("failed", p.failed)):
+                tasks.add_metric([p.project_id, state], value)
+        yield from (depth, jobs, workers, tasks)
+
+    def _store(self) -> Iterator[Metric]:
+        engine = self.sources.engine
+        ensure_training_runs(engine)
+        from squeezesam.backend.dashboard.figures import read_engine
+
+        a, t = annotations.c, training_runs_table.c
+        labels = GaugeMetricFamily(
+            "squeezesam_labels", "Annotations in the label store", labels=["project", "state"]
+        )
+        objs = GaugeMetricFamily(
+            "squeezesam_objects", "Object masks of kept annotations", labels=["project"]
+        )
+        n_clicks = GaugeMetricFamily("squeezesam_clicks", "Recorded clicks", labels=["project"])
+        runs = GaugeMetricFamily(
+            "squeezesam_training_runs",
+            "Fine-tuning runs by status and decision",
+            labels=["project", "status", "decision"],
+        )
+        last = GaugeMetricFamily(
+            "squeezesam_training_last_started_timestamp_seconds",
+            "When the latest fine-tuning run started (unix time)",
+            labels=["project"],
+        )
+        with read_engine(engine).connect() as conn:
+            for p, deleted, cancelled, n in conn.execute(
+                sa.select(a.project_id, a.deleted, a.was_cancelled, sa.func.count()).group_by(
+                    a.project_id, a.deleted, a.was_cancelled
+                )
+            ):
+                state = "deleted" if deleted else "cancelled" if cancelled else "kept"
+                labels.add_metric([str(p), state], n)
+            for p, n in conn.execute(
+                sa.select(a.project_id, sa.func.count())
+                .select_from(objects.join(annotations))
+                .where(a.deleted.is_(False), a.was_cancelled.is_(False))
+                .group_by(a.project_id)
+            ):
+                objs.add_metric([str(p)], n)
+            for p, n in conn.execute(
+                sa.select(clicks.c.project_id, sa.func.count()).group_by(clicks.c.project_id)
+            ):
+                n_clicks.add_metric([str(p)], n)
+            for p, status, decision, n in conn.execute(
+                sa.select(t.project, t.status, t.decision, sa.func.count()).group_by(
+                    t.project, t.status, t.decision
+                )
+            ):
+                runs.add_metric([_project(p), status or "", decision or ""], n)
+            for p, started in conn.execute(
+                sa.select(t.project, sa.func.max(t.started_at)).group_by(t.project)
+            ):
+                if started is not None:
+                    last.add_metric([_project(p)], _unix(started))
+        yield from (labels, objs, n_clicks, runs, last)
+
+    def _model(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "squeezesam_model_info",
+            "The model version the workers serve (value 1), and where it comes from",
+            labels=["version", "source"],
+        )
+        version, source = active_model_version(self.sources.settings)
+        if version:
+            info.add_metric([version, source], 1.0)
+        yield info
+
+
+def active_model_version(settings: Any) -> tuple[str | None, str]:
+    """(version, source): the registry's ACTIVE version, else the configured model file's
+    metadata version (what workers load when no version is active)."""
+    try:
+        from squeezesam.backend.registry import Registry, registry_root_from
+
+        active = Registry(registry_root_from(settings)).active()
+        if active:
+            return active, "registry"
+        if settings is not None:
+            from squeezesam.backend.worker import model_version
+
+            return model_version(settings), "model_file"
+    except Exception as exc:  # missing model file, unreadable registry: no info, no error
+        log.debug("metrics: model version unknown: %s", exc)
+    return None, ""
+
+
+def _project(p: int | None) -> str:
+    return "all" if p is None else str(p)
+
+
+def _unix(t: Any) -> float:
+    import datetime as dt
+
+    return t.replace(tzinfo=dt.UTC).timestamp()
+
+
+# --- the endpoint ------------------------------------------------------------------------
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    body = generate_latest(LATENCY_REGISTRY) + generate_latest(current_app.extensions[EXTENSION])
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+
+def register_metrics(
+    app: Flask, engine: sa.Engine | None = None, redis_client: redis.Redis | None = None
+) -> None:
+    """Add `/metrics` to `app` (behind the app's own auth guard, like every route that is
+    not in OPEN_ENDPOINTS). Sources default as in `init_dashboard`, and are shared with
+    the dashboard when it is registered first."""
+    from squeezesam.backend.dashboard import EXTENSION as DASHBOARD
+    from squeezesam.backend.dashboard import Sources
+
+    sources = app.extensions.get(DASHBOARD) or Sources(
+        app.config.get("SETTINGS"), engine, redis_client
+    )
+    registry = CollectorRegistry(auto_describe=False)  # per app: tests build many apps
+    registry.register(StateCollector(sources))
+    app.extensions[EXTENSION] = registry
+    app.register_blueprint(bp)

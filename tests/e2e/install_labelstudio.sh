@@ -19,5 +19,5 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
-"$VENV/bin/label-studio" --version >/dev/null 2>&1 || true
+"$VENV/bin/python" -c 'import importlib.metadata as m; print("label-studio", m.version("label-studio"))'
 echo "installed label-studio $LS_VERSION into $VENV"

@@ -59,6 +59,16 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         pass
 
 
+def _interrupt_on_sigterm() -> None:
+    """CI's `timeout` sends SIGTERM: turn it into KeyboardInterrupt so that pytest still
+    runs the fixtures' teardown and Label Studio/serve (own sessions) do not outlive us."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -89,6 +99,7 @@ def labelstudio(tmp_path_factory) -> LabelStudio:
     exe = venv / "bin" / "label-studio"
     if not exe.is_file():
         pytest.fail(f"no Label Studio at {exe}: run tests/e2e/install_labelstudio.sh")
+    _interrupt_on_sigterm()
     data_dir = tmp_path_factory.mktemp("labelstudio")
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -35,11 +35,17 @@
     return unit ? s + " " + unit : s;
   }
 
+  // x labels: dates as MM-DD; long names (model versions) keep their distinctive end.
   function shortLabel(x, table) {
     x = String(x);
-    if (table === "per_day") return x.slice(5, 10);  // MM-DD
-    if (table === "per_hour") return x.slice(5, 13).replace(" ", " ") + "h";
-    return x.length > 14 ? x.slice(0, 13) + "…" : x;
+    if (table === "per_day" || table === "per_hour") return x.slice(5, 10);
+    return x.length > 16 ? "…" + x.slice(-15) : x;
+  }
+
+  // Which bars get an x label: per_hour at midnight only, others evenly thinned.
+  function labelled(rows, table, j, every) {
+    if (table === "per_hour") return rows.length > 48 ? String(rows[j].time).slice(11, 13) === "00" : j % 6 === 0;
+    return j % every === 0;
   }
 
   function draw(fig, data) {
@@ -62,8 +68,8 @@
     }
     var top = niceMax(Math.max.apply(null, ys));
     var pw = W - m.l - m.r, ph = H - m.t - m.b;
-    for (var i = 0; i <= 4; i++) {  // grid and y axis labels
-      var v = (top * i) / 4, y = m.t + ph - (ph * i) / 4;
+    for (var i = 0; i <= 5; i++) {  // grid and y axis labels: top / 5 is always round
+      var v = (top * i) / 5, y = m.t + ph - (ph * i) / 5;
       el("line", { x1: m.l, x2: W - m.r, y1: y, y2: y, "class": i ? "grid" : "axis" }, svg);
       var lab = el("text", { x: m.l - 6, y: y + 4, "text-anchor": "end", "class": "tick" }, svg);
       lab.textContent = fmt(v, unit === "%" ? "%" : "");
@@ -80,9 +86,9 @@
         var val = el("text", { x: x + bw / 2, y: m.t + ph - h - 4, "text-anchor": "middle", "class": "val" }, svg);
         val.textContent = fmt(ys[j], unit);
       }
-      if (j % every === 0) {
+      if (labelled(rows, table, j, every)) {
         var xl = el("text", { x: x + bw / 2, y: H - m.b + 16, "text-anchor": "middle", "class": "tick" }, svg);
-        xl.textContent = shortLabel(r[xKey], table);
+        xl.textContent = table === "per_hour" && rows.length <= 48 ? String(r.time).slice(11, 13) + "h" : shortLabel(r[xKey], table);
       }
     });
     fig.setAttribute("data-marks", String(marks));

@@ -194,3 +194,45 @@ def test_progress_contract(conn, pre_settings, standin, pool, sample_images):
     run_project(conn, pre_settings, project)
     [progress] = events.read_progress(conn, project)
     assert progress.state == "finished" and progress.model_version == model_version(pre_settings)
+
+
+# --- bulk /predict against the deadline -------------------------------------------------
+
+
+def test_bulk_predict_answers_by_the_deadline_and_hands_off_the_rest(
+    standin, pre_settings, pool, conn, sample_images
+):
+    from squeezesam.backend.app import create_app
+
+    names = ["corrupt.jpg"] + [p.name for p in sample_images[:30]]
+    project, ids = new_project(standin, names)
+    tasks = [standin.tasks[t] | {"predictions": []} for t in ids]
+    deadline = 1.0
+    app = create_app(dataclasses.replace(pre_settings, preannotate_timeout=deadline))
+    body = {"tasks": tasks, "project": f"{project}.1700000000", "label_config": CONFIG,
+            "params": {"login": None, "password": None, "context": None}}  # fmt: skip
+    app.test_client().post("/setup", json={"schema": CONFIG})  # warm: model version, config
+    started = time.monotonic()
+    response = app.test_client().post("/predict", json=body)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < deadline + 1.5  # well inside Label Studio's 100 s
+    results = response.json["results"]
+    assert len(results) == len(tasks)  # the counts match, so LS stores the ready ones
+    ready = [t for t, r in zip(ids, results, strict=True) if "result" in r]
+    late = [t for t, r in zip(ids[1:], results[1:], strict=True) if "result" not in r]
+    assert ready and late, "the deadline should cut this request in two"
+    assert "result" not in results[0] and "corrupt" in results[0]["skipped"]
+    # the late tasks are written back to Label Studio by the project job; the answered
+    # ones are not (Label Studio stores those from the answer itself)
+    wait_finished(conn, project)
+    version = model_version(pre_settings)
+    assert_one_prediction_each(standin, late, version)
+    assert not any(standin.predictions_of(t) for t in ready)
+    assert any(e["task"] == ids[0] for e in run_status(conn, project)["errors"])
+    # a task pre-annotated in the background now answers from the cache, at once
+    started = time.monotonic()
+    again = app.test_client().post("/predict", json=body | {"tasks": [tasks[ids.index(late[0])]]})
+    assert time.monotonic() - started < 0.5
+    [item] = again.json["results"]
+    assert item["result"] == standin.predictions_of(late[0])[0]["result"]

@@ -177,7 +177,7 @@ def clicks_from_context(context: Any) -> list[Click]:
     out = []
     for item in items if isinstance(items, list) else []:
         value = item.get("value") if isinstance(item, Mapping) else None
-        if item.get("type") != "keypointlabels" or not isinstance(value, Mapping):
+        if not isinstance(value, Mapping) or item.get("type") != "keypointlabels":
             continue
         x, y = value.get("x"), value.get("y")
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in (x, y)):

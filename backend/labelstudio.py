@@ -37,11 +37,17 @@ class ProjectConfig:
     smart_tools: dict[str, str] = field(default_factory=dict)  # from_name -> tag
 
 
-@functools.lru_cache(maxsize=64)  # LabelInterface costs milliseconds; configs repeat
-def parse_label_config(xml: str) -> ProjectConfig:
+def parse_label_config(xml: Any) -> ProjectConfig:
     """Find Image + BrushLabels (+ smart KeyPointLabels/RectangleLabels), or say what's missing."""
-    if not isinstance(xml, str) or not xml.strip():
+    if not isinstance(xml, str):  # checked before the cache: a list/dict is unhashable
+        raise PayloadError(f"the label config must be an XML string, got {type(xml).__name__}", 422)
+    if not xml.strip():
         raise PayloadError("the label config is empty", 422)
+    return _parse_label_config(xml)
+
+
+@functools.lru_cache(maxsize=64)  # LabelInterface costs milliseconds; configs repeat
+def _parse_label_config(xml: str) -> ProjectConfig:
     from label_studio_sdk.label_interface import LabelInterface
 
     try:

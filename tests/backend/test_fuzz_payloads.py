@@ -1,0 +1,409 @@
+"""Label Studio payloads under arbitrary input: a typed error or a valid result, never a crash.
+
+Covers the parsers (labelstudio.parse_label_config / parse_context / task_image /
+task_regions, collect.parse_annotation / clicks_from_context, masks.decode_brush_rle) and
+the routes `/predict`, `/setup`, `/webhook` through Flask's test client: every generated
+body answers < 500 with a JSON `error` naming the problem, or a valid result. The queue
+is stubbed for the routes (what the worker does is covered by the image and worker
+tests), so no input waits on a worker.
+
+Examples per property: SQUEEZESAM_FUZZ_EXAMPLES (default 300; thousands with e.g.
+`SQUEEZESAM_FUZZ_EXAMPLES=5000 pytest tests/backend/test_fuzz_payloads.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tracemalloc
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from label_studio_sdk.converter.brush import mask2rle
+
+from squeezesam.backend import collect, labelstudio
+from squeezesam.backend.jobs import Outcome
+from squeezesam.backend.labelstudio import PayloadError, parse_context, parse_label_config
+from squeezesam.backend.masks import MAX_RLE_PIXELS, decode_brush_rle
+from squeezesam.backend.redis_conn import EmbeddedRedis
+
+from .conftest import click_body, keypoint, rectangle
+
+EXAMPLES = int(os.environ.get("SQUEEZESAM_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+ROUTE_FUZZ = settings(FUZZ, max_examples=max(50, EXAMPLES // 3))  # each one is a request
+
+# --- strategies ---------------------------------------------------------------------------
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+numbers = (
+    st.floats(-1e3, 1e3, allow_nan=False)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-500, 500)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=5)
+)
+
+
+def region_values(kind: str):
+    labels = st.lists(st.text(max_size=8) | st.integers(), max_size=2)
+    return st.fixed_dictionaries(
+        {"x": numbers, "y": numbers},
+        optional={"width": numbers, "height": numbers, "rotation": numbers, kind: labels},
+    )
+
+
+regions = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("keypointlabels"), "value": region_values("keypointlabels")},
+        optional={"is_positive": json_values, "id": json_values, "original_width": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("rectanglelabels"), "value": region_values("rectanglelabels")}
+    ),
+    st.fixed_dictionaries({"type": json_values, "value": json_values}),
+    json_values,
+)
+contexts = st.one_of(
+    st.fixed_dictionaries({"result": st.lists(regions, max_size=6)}),
+    json_values,
+)
+
+# XML-ish label configs: real tags with random names, values and nesting
+tags = st.sampled_from(
+    ["View", "Image", "BrushLabels", "KeyPointLabels", "RectangleLabels", "Label", "Text",
+     "Choices", "Choice", "Header", "PolygonLabels", "Unknown"]
+)  # fmt: skip
+attr_values = st.sampled_from(["image", "$image", "tag", "kp", "true", "false", "", "$", "$x"])
+attr_values = attr_values | st.text(max_size=6)
+
+
+@st.composite
+def label_configs(draw, depth: int = 0) -> str:
+    tag = draw(tags)
+    attrs = draw(
+        st.dictionaries(
+            st.sampled_from(["name", "value", "toName", "smart", "zoom", "background"]),
+            attr_values,
+            max_size=4,
+        )
+    )
+    text = " ".join(f'{k}="{_xml_escape(v)}"' for k, v in attrs.items())
+    children = "" if depth >= 2 else "".join(
+        draw(st.lists(label_configs(depth=depth + 1), max_size=3))
+    )  # fmt: skip
+    return f"<{tag} {text}>{children}</{tag}>"
+
+
+def _xml_escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+configs = st.one_of(
+    label_configs().map(lambda inner: f"<View>{inner}</View>"),
+    st.text(max_size=200),
+    json_values,
+)
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(configs)
+def test_parse_label_config(xml):
+    try:
+        config = parse_label_config(xml)
+    except PayloadError as exc:
+        assert exc.status in (400, 422) and str(exc)
+        return
+    assert config.image_key and config.brush_name and config.image_name
+
+
+@FUZZ
+@given(context=contexts)
+def test_parse_context(context, label_config):
+    config = parse_label_config(label_config)
+    try:
+        prompt = parse_context(context, config)
+    except PayloadError as exc:
+        assert exc.status == 422 and str(exc)
+        return
+    assert prompt.points or prompt.box is not None
+    for x, y, _positive in prompt.points:
+        assert 0.0 <= x <= 100.0 and 0.0 <= y <= 100.0
+    for height, width in ((1, 1), (512, 338), (3000, 4000)):
+        clicks, box = labelstudio.prompt_clicks(prompt, height, width)
+        assert clicks
+        for c in clicks:
+            assert math.isfinite(c.x) and math.isfinite(c.y)
+            assert 0.0 <= c.y <= height - 1 + 1e-6 or height == 1
+            assert 0.0 <= c.x <= width - 1 + 1e-6 or width == 1
+
+
+@FUZZ
+@given(task_id=json_values, data=json_values)
+def test_task_image(task_id, data, label_config):
+    config = parse_label_config(label_config)
+    for task in ({"id": task_id, "data": data}, data):
+        try:
+            image = labelstudio.task_image(task, config)
+        except PayloadError as exc:
+            assert exc.status in (400, 422) and str(exc)
+            continue
+        assert isinstance(image.ref, str) and image.ref == image.ref.strip() and image.ref
+
+
+@FUZZ
+@given(contexts)
+def test_clicks_from_context_never_raises(context):
+    for click in collect.clicks_from_context(context):
+        assert math.isfinite(click.x) and math.isfinite(click.y)
+
+
+@FUZZ
+@given(predictions=json_values)
+def test_task_regions_never_raise(predictions, label_config):
+    config = parse_label_config(label_config)
+    if not hasattr(labelstudio, "task_regions"):
+        pytest.skip("labelstudio.task_regions not present")
+    for task in ({"predictions": predictions}, {"annotations": [{"result": predictions}]}):
+        labelstudio.task_regions(task, config)
+
+
+# --- brush RLE -----------------------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    st.lists(st.integers(-(2**40), 2**40), max_size=64) | st.lists(st.integers(0, 255)),
+    st.integers(-5, 2**20),
+    st.integers(-5, 2**20),
+)
+def test_rle_arbitrary_ints(rle, width, height):
+    try:
+        mask = decode_brush_rle(rle, width, height)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert mask.shape == (height, width) and mask.dtype == np.uint8
+
+
+@FUZZ
+@given(st.binary(min_size=4, max_size=4), st.lists(st.integers(0, 255), max_size=256))
+def test_rle_header_claiming_any_length_allocates_nothing(header, tail):
+    """The SDK allocates the header's claimed length (up to 4 GB) before reading runs."""
+    claimed = int.from_bytes(header, "big")
+    width = height = 64
+    assume(claimed != width * height * 4)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="RLE holds"):
+            decode_brush_rle(list(header) + tail + [0, 0], width, height)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_rle_huge_sizes_are_refused_before_decoding():
+    side = int(math.isqrt(MAX_RLE_PIXELS)) + 1
+    claimed = list((side * side * 4 % 2**32).to_bytes(4, "big"))
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="above"):
+        decode_brush_rle(claimed + [0] * 8, side, side)
+    with pytest.raises(ValueError):
+        decode_brush_rle([255, 255, 255, 255, 0, 0], 65535, 16384)  # 2^32 - 4 claimed
+    assert time.monotonic() - t0 < 0.5
+
+
+@FUZZ
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.data())
+def test_rle_round_trip_and_damage(width, height, seed, data):
+    mask = np.random.default_rng(seed).random((height, width)) < 0.3
+    rle = [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)]
+    assert ((decode_brush_rle(rle, width, height) > 0) == mask).all()
+    damaged = list(rle)
+    if data.draw(st.booleans()):
+        damaged = damaged[: data.draw(st.integers(0, len(damaged)))]
+    else:
+        i = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[i] = data.draw(st.integers(0, 255))
+    try:
+        out = decode_brush_rle(damaged, width, height)
+    except ValueError:
+        return
+    assert out.shape == (height, width)
+
+
+brush_regions = st.fixed_dictionaries(
+    {
+        "type": st.just("brushlabels"),
+        "original_width": st.integers(-2, 50) | json_values,
+        "original_height": st.integers(-2, 50) | json_values,
+        "value": st.fixed_dictionaries(
+            {
+                "format": st.just("rle") | json_values,
+                "rle": st.lists(st.integers(0, 255), max_size=40) | json_values,
+            },
+            optional={"brushlabels": json_values},
+        ),  # fmt: skip
+    }
+)
+
+
+@FUZZ
+@given(
+    st.lists(brush_regions | regions, max_size=4),
+    json_values,
+    st.fixed_dictionaries({"id": json_values, "data": json_values}),
+    st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.5+02:00"]) | json_values,
+)
+def test_parse_annotation(result, annotation_id, task, updated_at):
+    annotation = {"id": annotation_id, "result": result, "updated_at": updated_at,
+                  "project": 1}  # fmt: skip
+    try:
+        record = collect.parse_annotation(annotation, task, 1)
+    except PayloadError as exc:
+        assert exc.status in (400, 422) and str(exc)
+        return
+    for obj in record.objects:
+        assert obj.mask.ndim == 2 and obj.mask.size > 0
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(settings, tmp_path_factory):
+    """The app on a private Redis and data dir, with the queue stubbed: an enqueued job
+    answers at once with an empty mask (no worker is involved)."""
+    from squeezesam.backend import app as app_module
+
+    server = EmbeddedRedis(watchdog=False)
+    own = replace(settings, redis_url=server.url,
+                  data_dir=str(tmp_path_factory.mktemp("fuzz-data")))  # fmt: skip
+    calls: list[str] = []
+
+    class StubDispatcher(app_module.Dispatcher):
+        def run(self, queue, func, spec, timeout):
+            calls.append(queue)
+            return Outcome(200, json.dumps({"result": [], "score": 0.0, "model_version": "x"}))
+
+        def submit(self, queue, func, spec, timeout):  # a real job, left in the queue
+            calls.append(queue)
+            return super().submit(queue, func, spec, timeout)
+
+        def wait(self, job, deadline):
+            return Outcome(200, json.dumps({"result": [], "score": 0.0, "model_version": "x"}))
+
+    original = app_module.Dispatcher
+    app_module.Dispatcher = StubDispatcher
+    try:
+        yield app_module.create_app(own).test_client(), calls
+    finally:
+        app_module.Dispatcher = original
+        server.close()
+
+
+def assert_clear(response):
+    assert response.status_code < 500, (response.status_code, response.get_data(as_text=True))
+    assert response.is_json
+    if response.status_code >= 400:
+        body = response.get_json()
+        assert isinstance(body.get("error"), str) and body["error"]
+        assert body.get("status") == response.status_code
+
+
+@ROUTE_FUZZ
+@given(body=json_values)
+def test_routes_with_any_json(fuzz_client, body):
+    client, _ = fuzz_client
+    for path in ("/predict", "/setup", "/webhook"):
+        assert_clear(client.post(path, json=body))
+
+
+@ROUTE_FUZZ
+@given(data=st.binary(max_size=300), ctype=st.sampled_from(["application/json", "text/plain", ""]))
+def test_routes_with_any_bytes(fuzz_client, data, ctype):
+    client, _ = fuzz_client
+    for path in ("/predict", "/setup", "/webhook"):
+        assert_clear(client.post(path, data=data, content_type=ctype))
+
+
+@ROUTE_FUZZ
+@given(
+    context=contexts,
+    image=json_values | st.text(max_size=30),
+    vary=st.sampled_from(["ctx", "tasks", "cfg"]),
+)
+def test_predict_with_structured_bodies(fuzz_client, label_config, context, image, vary):
+    """Near-valid /predict bodies (capture 56's shape) with one part generated."""
+    client, calls = fuzz_client
+    prompts = [keypoint(50, 50, 100, 100), rectangle(10, 10, 50, 50, 100, 100)]
+    body = click_body(label_config, "/data/upload/1/x.jpg", prompts)
+    if vary == "ctx":
+        body["params"]["context"] = context
+    elif vary == "tasks":
+        body["tasks"][0]["data"]["image"] = image
+    else:
+        body["label_config"] = image
+    before = len(calls)
+    response = client.post("/predict", json=body)
+    assert_clear(response)
+    if response.status_code == 200:
+        assert isinstance(response.get_json()["results"], list)
+    else:
+        assert len(calls) == before  # refused before anything was queued
+
+
+@ROUTE_FUZZ
+@given(
+    st.sampled_from(
+        [
+            "ANNOTATION_CREATED",
+            "ANNOTATION_UPDATED",
+            "ANNOTATIONS_DELETED",
+            "START_TRAINING",
+            "TASKS_CREATED",
+            "PROJECT_UPDATED",
+        ]
+    ),  # fmt: skip
+    json_values,
+    json_values,
+    st.lists(brush_regions | regions, max_size=3),
+)
+def test_webhook_with_structured_bodies(fuzz_client, action, project, task, result):
+    client, _ = fuzz_client
+    body = {
+        "action": action,
+        "project": project,
+        "task": task,
+        "annotation": {"id": 7, "result": result, "updated_at": "2026-01-01T00:00:00Z"},
+        "annotations": task,
+        "tasks": task,
+    }
+    assert_clear(client.post("/webhook", json=body))

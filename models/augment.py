@@ -6,7 +6,8 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
 - saliency crops: the crop window is placed around the target;
 - outlier injection: a distractor object pasted elsewhere stays background;
 - copy-paste scenes (Ghiasi et al., CVPR 2021): people/pets pasted into other photos,
-  each its own object, hiding what is behind them;
+  each its own object, hiding what is behind them (zero-click scenes, and occluders in
+  front of a clicked object, so a click learns to mean one instance);
 - flips, scale, colour jitter, blur.
 Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks: a
 cheap stand-in for RITM's no-grad rollouts on a 2-core CPU.
@@ -202,6 +203,13 @@ class ExampleMaker:
         self.any_objects = [
             (i, k) for i, s in enumerate(loaded) for k in s.labels if s.areas[k] > 0.02
         ]
+        # Scenes with several objects are scarce (COCO) yet teach what one-object portraits
+        # cannot: which of several people a click means. Draw them 3x as often.
+        weights = np.array([3.0 if len(s.labels) > 1 else 1.0 for s in loaded])
+        self.cumulative = np.cumsum(weights / weights.sum()) if len(loaded) else np.zeros(0)
+
+    def sample_index(self, rng: np.random.Generator) -> int:
+        return int(min(np.searchsorted(self.cumulative, rng.random()), len(self.loaded) - 1))
 
     def make(self, index: int, rng: np.random.Generator) -> Example | None:
         s = self.loaded[index]
@@ -236,6 +244,11 @@ class ExampleMaker:
                 if di != index:
                     avoid = np.isin(mask, list(targets))
                     paste(image, mask, self.loaded[di], dk, next_index, rng, avoid=avoid)
+                    next_index += 1
+            if self.people_pets and rng.random() < 0.15:  # an occluding person or pet
+                di, dk = self.people_pets[int(rng.integers(len(self.people_pets)))]
+                if di != index:
+                    paste(image, mask, self.loaded[di], dk, next_index, rng)
             cls = CLASS_INDEX[s.labels[main]]
         focus = np.isin(mask, list(targets))
         image, mask = scale_and_crop(image, mask, focus, self.size, rng)

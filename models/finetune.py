@@ -38,6 +38,9 @@ class MixedMaker:
         self.project, self.replay, self.fraction = project, replay, fraction
         self.loaded = project.loaded
 
+    def sample_index(self, rng: np.random.Generator) -> int:
+        return self.project.sample_index(rng)
+
     def make(self, index: int, rng: np.random.Generator):
         if self.replay is not None and rng.random() < self.fraction:
             return self.replay.make(int(rng.integers(len(self.replay.loaded))), rng)

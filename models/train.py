@@ -122,7 +122,7 @@ def quick_validate(model: SqueezeSAM, samples: list[Sample]) -> dict[str, float]
 def draw_batch(maker: ExampleMaker, rng: np.random.Generator, batch: int) -> list:
     examples: list = []
     while len(examples) < batch:
-        ex = maker.make(int(rng.integers(len(maker.loaded))), rng)
+        ex = maker.make(maker.sample_index(rng), rng)
         if ex is not None:
             examples.append(ex)
     return examples

@@ -16,6 +16,7 @@ blocks a retry); late tasks are written back to Label Studio by the whole-projec
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from typing import Any
@@ -23,7 +24,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import jobs
+from . import collect, jobs
+from .dashboard import init_dashboard
 from .dispatch import Dispatcher
 from .labelstudio import (
     PayloadError,
@@ -32,8 +34,10 @@ from .labelstudio import (
     task_image,
     task_regions,
 )
+from .metrics import observe_click, register_metrics
 from .redis_conn import connect
 from .settings import Settings
+from .store import Store, StoreError
 from .worker import model_version
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 MODEL_CLASS = "SqueezeSAM"
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 OPEN_ENDPOINTS = {"health", "webhook"}  # webhook has its own secret (LS sends no basic auth)
+# events that change the label store (or train): answered 201 like the SDK (capture 62)
 TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
 
 
@@ -54,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask("squeezesam")
     app.config["SETTINGS"] = settings
-    state: dict[str, Dispatcher] = {}
+    state: dict[str, Any] = {}
 
     def dispatcher() -> Dispatcher:
         if "d" not in state:  # connect on first use: /health works without Redis
@@ -63,6 +68,15 @@ def create_app(settings: Settings | None = None) -> Flask:
             except RuntimeError as exc:
                 raise ServiceError(str(exc), 503) from None
         return state["d"]
+
+    def store() -> Store:
+        if "store" not in state:  # opened on first use too: /health works without a DB
+            try:
+                state["store"] = Store.open(settings)
+            except StoreError as exc:
+                log.error("label store unavailable: %s", exc)
+                raise ServiceError(f"label store unavailable: {exc}", 503) from None
+        return state["store"]
 
     def version() -> str:
         try:
@@ -112,7 +126,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/versions")
     def versions() -> Response:
         current = version()
-        return jsonify(versions=[current], model_version=current)
+        from .worker import model_registry
+
+        # every registered version (fine-tuned ones, promoted or not) and the active one
+        names = [m.version for m in model_registry(settings).list()]
+        return jsonify(versions=names + [current] * (current not in names), model_version=current)
 
     @app.post("/setup")
     def setup() -> Response:
@@ -142,12 +160,27 @@ def create_app(settings: Settings | None = None) -> Flask:
             config,
             task_regions(tasks[0], config),  # a click on a pre-annotated object refines it
         )
+        started = time.perf_counter()
         outcome = dispatcher().run(
             "interactive", jobs.segment_click, spec, settings.interactive_timeout
         )
+        observe_click(time.perf_counter() - started, outcome.status)
         if not outcome.ok:
             raise ServiceError(outcome.error, outcome.status)
+        _record_clicks(tasks[0], context, outcome.body)
         return _results_response([outcome.body])
+
+    def _record_clicks(task: Any, context: Any, answer: str) -> None:
+        """Keep the annotator's clicks (for later click-level training); a store failure
+        is logged and never fails the click."""
+        try:
+            points = collect.clicks_from_context(context)
+            if points:
+                version = json.loads(answer).get("model_version")
+                project = collect.project_id_of(request.get_json(silent=True)["project"])
+                store().record_clicks(project, int(task["id"]), points, model_version=version)
+        except Exception as exc:
+            log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
 
     def _bulk(body: dict, tasks: list, config) -> Response:
         from . import bulk
@@ -191,12 +224,29 @@ def create_app(settings: Settings | None = None) -> Flask:
         action = body.get("action")
         if not isinstance(action, str):
             raise PayloadError("the webhook body has no 'action'", 422)
-        if action not in TRAIN_EVENTS:
-            return jsonify(status="Unknown event")
-        # Training from annotations is a later issue: acknowledge without queueing, so
-        # Label Studio (1 s webhook timeout) never waits on us.
-        response = jsonify(result=None, status="ok")
-        response.status_code = 201  # what the official SDK answers (capture 62)
+        # Label Studio gives a webhook 1 s and never resends it: store synchronously (a few
+        # ms), queue anything long (training, pre-annotation) and answer.
+        try:
+            answer = collect.handle_event(store(), body)
+        except StoreError as exc:  # the periodic reconcile catches up later
+            log.error("webhook %s not stored: %s", action, exc)
+            raise ServiceError(f"label store unavailable: {exc}", 503) from None
+        if answer.get("status") == "ignored":
+            return jsonify(status="Unknown event")  # the SDK's answer
+        if answer.get("train_requested"):
+            from .train_queue import enqueue_training
+
+            job = enqueue_training(dispatcher().redis, answer["project"], trigger="start_training")
+            answer["job"] = job.id  # with a `job`, Label Studio records a train job
+        if answer.get("tasks") and answer.get("project") is not None:
+            from .preannotate import enqueue_tasks
+
+            project = body.get("project")
+            config = project.get("label_config") if isinstance(project, dict) else None
+            answer["queued"] = enqueue_tasks(dispatcher(), settings, answer["project"],
+                                             answer["tasks"], label_config=config)  # fmt: skip
+        response = jsonify(answer | {"result": answer.get("result")})
+        response.status_code = 201 if action in TRAIN_EVENTS else 200  # SDK: 201 (capture 62)
         return response
 
     @app.after_request
@@ -206,6 +256,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             response.headers["Server-Timing"] = f"app;dur={elapsed:.1f}"
         return response
 
+    init_dashboard(app)  # /dashboard (+ CSV, JSON), behind the same Basic auth guard
+    register_metrics(app)  # /metrics, Prometheus text format
     return app
 
 
@@ -225,8 +277,6 @@ def _error(message: str, status: int) -> Response:
 
 
 def _dumps(item: dict) -> str:
-    import json
-
     return json.dumps(item, separators=(",", ":"))
 
 

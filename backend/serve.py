@@ -1,9 +1,10 @@
 """`squeezesam serve | web | worker`: run the service's processes.
 
 `serve` is the one-command start: it brings up Redis (embedded unless REDIS_URL is
-set), then the web process, N interactive workers and one preannotate worker as
-subprocesses, and restarts any of them that dies (a killed worker's job is retried by
-the other workers; see dispatch.py). Ctrl-C or SIGTERM stops everything.
+set), then the web process, N interactive workers, one preannotate worker, one train
+worker and the training scheduler as subprocesses, and restarts any of them that dies
+(a killed worker's job is retried by the other workers; see dispatch.py). Ctrl-C or
+SIGTERM stops everything.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     commands = [me + ["web", "--host", args.host, "--port", str(args.port)]]
     commands += [me + ["worker", "--queues", "interactive"]] * max(1, args.workers)
     commands += [me + ["worker", "--queues", "preannotate"]]
+    # exactly one train worker: fine-tuning runs one at a time (plus the lock in
+    # training.py); it imports torch only inside its jobs
+    commands += [me + ["worker", "--queues", "train"]]
+    commands += [me + ["train-scheduler"]]  # TRAIN_MIN_NEW_LABELS every TRAIN_INTERVAL s
     supervisor = Supervisor(commands, env)
     try:
         supervisor.run()

@@ -9,6 +9,14 @@ Liveness: rq notices a dead worker only after job timeout + 60 s. A click cannot
 that long, so each worker also writes a heartbeat every second into a per-queue sorted
 set (`alive_key`), from a daemon thread. The web process (dispatch.py) reads it to see
 within seconds that the worker holding its job died, and re-enqueues the job.
+
+Model versions: the model served is the registry's active one (`Registry.active_path()`:
+a promoted fine-tuned version, else SQUEEZESAM_MODEL_PATH). A second daemon thread polls
+`Registry.watch_token()` (one stat + one tiny read) every MODEL_POLL_INTERVAL; when it
+changes, the new session is loaded and warmed up *beside* the old one and only then is
+`Runtime.predictor` replaced (one reference assignment). A job in flight keeps the
+predictor it started with, so no click is dropped or answered by half a swap; the next
+job gets the new one. A version that fails to load is logged and the old one stays.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -26,6 +35,7 @@ from squeezesam.models.predictor import Predictor
 
 from .images import Fetcher, ImageCache
 from .redis_conn import connect
+from .registry import Registry
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,9 +53,11 @@ class Runtime:
     """Everything a job needs, built once per worker process."""
 
     settings: Settings
-    predictor: Predictor
+    predictor: Predictor  # replaced as a whole on a new active version, never mutated
     fetcher: Fetcher
     cache: ImageCache
+    registry: Registry
+    model_token: str  # the registry's watch token the predictor was loaded for
 
 
 _runtime: Runtime | None = None
@@ -58,16 +70,47 @@ def runtime(settings: Settings | None = None) -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             settings = settings or Settings.from_env()
-            predictor = Predictor(settings.model_file, threads=settings.model_threads or None)
+            registry = model_registry(settings)
+            token = registry.watch_token()  # before reading the path: a change re-polls
+            path = registry.active_path()
+            predictor = Predictor(path, threads=settings.model_threads or None)
             _runtime = Runtime(
                 settings=settings,
                 predictor=predictor,
                 fetcher=Fetcher(settings),
                 cache=ImageCache(connect(settings), settings),
+                registry=registry,
+                model_token=token,
             )
             _warm_up(predictor)
-            log.info("model %s loaded (%s)", predictor.version, settings.model_file)
+            log.info("model %s loaded (%s)", predictor.version, path)
         return _runtime
+
+
+def model_registry(settings: Settings) -> Registry:
+    return Registry(settings.registry_path, default_model=settings.model_file)
+
+
+def refresh_model(rt: Runtime) -> bool:
+    """Load the registry's active version if it changed; True when swapped.
+
+    Load and warm up first, then swap the reference: jobs in flight keep the old
+    predictor object (see the module doc)."""
+    token = rt.registry.watch_token()
+    if token == rt.model_token:
+        return False
+    path = rt.registry.active_path()
+    try:
+        predictor = Predictor(path, threads=rt.settings.model_threads or None)
+        _warm_up(predictor)
+    except Exception as exc:  # a broken version must not take the worker down
+        log.error("cannot load the newly active model %s: %s; keeping %s", path, exc,
+                  rt.predictor.version)  # fmt: skip
+        rt.model_token = token  # don't retry the same broken version every second
+        return False
+    old, rt.predictor, rt.model_token = rt.predictor.version, predictor, token
+    log.warning("model switched: %s -> %s (%s)", old, predictor.version, path)
+    return True
 
 
 def _warm_up(predictor: Predictor) -> None:
@@ -86,6 +129,7 @@ class WarmWorker(SimpleWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._beating = threading.Event()
+        self.follow_models = False  # set by run_worker on model-serving queues
 
     def _beat_forever(self, connection: redis.Redis) -> None:
         keys = [alive_key(q.name) for q in self.queues]
@@ -101,11 +145,21 @@ class WarmWorker(SimpleWorker):
         for key in keys:  # a clean exit says so at once
             connection.zrem(key, self.name)
 
+    def _watch_models(self) -> None:
+        rt = runtime()
+        while not self._beating.wait(rt.settings.model_poll_interval):
+            try:
+                refresh_model(rt)
+            except OSError as exc:  # registry folder briefly unreadable: try again
+                log.warning("model registry check failed: %s", exc)
+
     def work(self, *args, **kwargs) -> bool:
         # redis-py clients are thread-safe: the thread takes its own pooled connection
         # while the worker's sits in BLPOP
         thread = threading.Thread(target=self._beat_forever, args=(self.connection,), daemon=True)
         thread.start()
+        if self.follow_models:
+            threading.Thread(target=self._watch_models, daemon=True).start()
         try:
             return super().work(*args, **kwargs)
         finally:
@@ -123,9 +177,14 @@ def alive_workers(connection: redis.Redis, queue_name: str) -> set[str]:
 def run_worker(queues: list[str], settings: Settings, burst: bool = False) -> None:
     """Start a warm worker on `queues` (blocks). Loads the model before the first job."""
     connection = connect(settings)
-    if "interactive" in queues or "preannotate" in queues:
+    serving = "interactive" in queues or "preannotate" in queues
+    if serving:
         runtime(settings)  # fail here, loudly, if the model cannot load
+    # the `train` queue's jobs import torch themselves (backend/training.py); a worker on
+    # it loads no ONNX model. rq's single train worker + the Redis lock there mean one
+    # fine-tuning run at a time.
     worker = WarmWorker(queues, connection=connection)
+    worker.follow_models = serving
     # maintenance (abandoned-job clean-up) more often than rq's 10 min default
     worker.maintenance_interval = 60
     # rq logs every job at INFO; per click that is noise (and time): quiet unless DEBUG
@@ -137,12 +196,16 @@ _versions: dict[tuple[str, float], str] = {}
 
 
 def model_version(settings: Settings) -> str:
-    """The version the workers serve, read from the model file's metadata (cached).
+    """The version the workers serve (the registry's active model), from the model file's
+    metadata (cached).
 
-    The web process needs it for `/setup` and `/health` without running jobs; reading it
+    The web process needs it for `/setup` and `/versions` without running jobs; reading it
     costs one onnxruntime session load per model file change.
     """
-    path = settings.model_file
+    return model_version_of(model_registry(settings).active_path())
+
+
+def model_version_of(path: Path) -> str:
     key = (str(path), path.stat().st_mtime if path.is_file() else -1.0)
     if key not in _versions:
         _versions[key] = Predictor(path, threads=1).version

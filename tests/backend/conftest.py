@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,6 +162,8 @@ def make_settings(redis_url: str, model_path: Path, fake_ls: FakeLabelStudio, **
         image_max_pixels=20_000_000,
         interactive_timeout=30.0,
         preannotate_timeout=30.0,
+        # label store + registry in a fresh folder, never the user's ~/.local/share
+        data_dir=tempfile.mkdtemp(prefix="squeezesam-test-data-"),
     )
     values.update(over)
     return Settings(**values)

@@ -1,0 +1,177 @@
+"""Starting fine-tuning runs: enqueue on `train`, the scheduler, `squeezesam train`.
+
+Four ways in, one queue: Label Studio's "Start Training" (START_TRAINING webhook, app.py),
+the scheduler loop (`squeezesam train-scheduler`, started by `squeezesam serve`: every
+TRAIN_INTERVAL s, each project with TRAIN_MIN_NEW_LABELS new labels since its last run),
+`squeezesam train`, and tests. Never two runs at once: one rq worker serves `train`
+(serve starts exactly one) and the job itself takes a Redis lock (training.py), which
+also covers a second train worker someone starts by hand.
+
+A request for a project that already has a run queued or running returns that job
+instead of queueing another (a burst of Start Training clicks makes one run). Nothing
+here imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_FUNC = "squeezesam.backend.training.run_training_job"
+JOB_TIMEOUT = 6 * 3600  # a CPU run of a few thousand steps; rq kills a hung one
+RESULT_TTL = 7 * 24 * 3600
+
+
+def _pending(connection: redis.Redis, queue: Queue) -> list[Job]:
+    ids = list(queue.get_job_ids()) + list(StartedJobRegistry(queue=queue).get_job_ids())
+    jobs = Job.fetch_many(ids, connection=connection)
+    return [j for j in jobs if j is not None and j.func_name == JOB_FUNC]
+
+
+def _worker_alive(connection: redis.Redis, job: Job) -> bool:
+    from .worker import alive_workers
+
+    job.refresh()
+    return bool(job.worker_name) and job.worker_name in alive_workers(connection, "train")
+
+
+def _requeue_abandoned(connection: redis.Redis, job: Job) -> None:
+    from .dispatch import Dispatcher
+
+    # the dispatcher's rescue of a dead worker's job (retry if retries are left, else
+    # fail); Settings() only feeds Dispatcher.submit, unused here
+    Dispatcher(connection, Settings())._requeue_abandoned(job)
+
+
+def enqueue_training(
+    connection: redis.Redis, project_id: int | None, steps: int | None = None,
+    trigger: str = "manual",
+) -> Job:  # fmt: skip
+    """Queue a run (or return the one already queued/running for this project)."""
+    from .training import TrainRequest  # no torch at import time: training imports it lazily
+
+    queue = Queue("train", connection=connection)
+    for job in _pending(connection, queue):
+        request = job.args[0] if job.args else None
+        if getattr(request, "project_id", object()) != project_id:
+            continue
+        if job.get_status() == JobStatus.STARTED and not _worker_alive(connection, job):
+            # its train worker died mid-run: give the run back to the queue now (rq's own
+            # clean-up would wait for JOB_TIMEOUT); the next worker runs it again
+            _requeue_abandoned(connection, job)
+            if job.get_status(refresh=True) != JobStatus.QUEUED:
+                continue  # no retries left: it failed; queue a fresh run below
+        log.info("training for project %s already %s: job %s", project_id,
+                 job.get_status(refresh=True), job.id)  # fmt: skip
+        return job
+    job = queue.enqueue(
+        JOB_FUNC,
+        TrainRequest(project_id, steps, trigger),
+        job_timeout=JOB_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+        # a worker killed mid-run: rq's abandoned-job clean-up runs it once more
+        retry=Retry(max=1),
+        description=f"fine-tune project {project_id} ({trigger})",
+    )
+    log.info("queued fine-tuning of project %s (%s): job %s", project_id, trigger, job.id)
+    return job
+
+
+def schedule_once(connection: redis.Redis, settings: Settings) -> list[str]:
+    """One scheduler tick: queue every project with enough new labels; returns job ids."""
+    from .store import Store
+    from .training import new_labels_since_last_run, projects
+
+    if settings.train_min_new_labels <= 0:
+        return []
+    store = Store.open(settings)
+    try:
+        due = [p for p in projects(store)
+               if new_labels_since_last_run(store, p) >= settings.train_min_new_labels]  # fmt: skip
+    finally:
+        store.close()
+    return [enqueue_training(connection, p, trigger="schedule").id for p in due]
+
+
+def scheduler_loop(settings: Settings, stop_after: int | None = None) -> None:
+    from .redis_conn import connect
+
+    connection = connect(settings)
+    ticks = 0
+    while stop_after is None or ticks < stop_after:
+        try:
+            queued = schedule_once(connection, settings)
+            if queued:
+                log.info("scheduler queued fine-tuning jobs %s", queued)
+        except Exception as exc:  # a DB or Redis hiccup: try again next tick
+            log.warning("training scheduler tick failed: %s", exc)
+        ticks += 1
+        if stop_after is None or ticks < stop_after:
+            time.sleep(settings.train_interval)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train", help="queue a fine-tuning run on collected labels")
+    train.add_argument("--project", type=int, help="Label Studio project id (default: all)")
+    train.add_argument("--steps", type=int, help="optimizer steps (default TRAIN_STEPS)")
+    train.add_argument("--wait", action="store_true", help="wait for the run and print it")
+    train.add_argument(
+        "--here", action="store_true",
+        help="run in this process instead of on the train worker (still takes the lock)",
+    )  # fmt: skip
+    train.set_defaults(func=cmd_train)
+    sched = subparsers.add_parser(
+        "train-scheduler", help="queue runs when TRAIN_MIN_NEW_LABELS arrived (a loop)"
+    )
+    sched.set_defaults(func=cmd_scheduler)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.here:
+        from .training import TrainRequest, run_training_job
+
+        print(json.dumps(run_training_job(TrainRequest(args.project, args.steps, "manual"))))
+        return 0
+    from .redis_conn import connect
+    from .worker import alive_workers
+
+    connection = connect(settings)
+    job = enqueue_training(connection, args.project, args.steps, "manual")
+    print(f"job {job.id}")
+    if not alive_workers(connection, "train"):
+        log.warning("no train worker is running: start `squeezesam serve` or "
+                    "`squeezesam worker --queues train`")  # fmt: skip
+    if not args.wait:
+        return 0
+    while (status := job.get_status(refresh=True)) not in (
+        JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
+    ):  # fmt: skip
+        time.sleep(2)
+    if status != JobStatus.FINISHED:
+        print(f"the run {status}: {job.latest_result().exc_string if job.latest_result() else ''}")
+        return 1
+    print(json.dumps(job.return_value()))
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logging.getLogger().setLevel(settings.log_level)
+    scheduler_loop(settings)
+    return 0

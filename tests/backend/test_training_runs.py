@@ -1,0 +1,80 @@
+"""What the scheduler and the training job read and write in the label store's database,
+on SQLite and (with SQUEEZESAM_TEST_POSTGRES_URL, e.g. from .ci/postgres.sh) PostgreSQL:
+labels since the last run, the projects, runs left behind by a dead worker."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from squeezesam.backend import collect, events
+from squeezesam.backend.store import Store, _engine_url
+from squeezesam.backend.store_schema import metadata
+from squeezesam.backend.training import (
+    _close_interrupted_runs,
+    new_labels_since_last_run,
+    projects,
+)
+
+from .conftest import load_capture
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    url = ""
+    if request.param == "postgresql":
+        url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL", "")
+        if not url:
+            pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (.ci/postgres.sh)")
+        engine = sa.create_engine(_engine_url(url, tmp_path))
+        events.training_metadata.drop_all(engine)  # each test starts from empty tables
+        metadata.drop_all(engine)
+        engine.dispose()
+        events._ensured.clear()
+    s = Store(Path(tmp_path) / "data", url)
+    yield s
+    s.close()
+
+
+def created(annotation_id: int, task_id: int, project: int = 2) -> dict:
+    body = copy.deepcopy(load_capture("62_*__ml_webhook.json")[0]["request"]["body"])
+    body["annotation"] |= {"id": annotation_id, "task": task_id, "project": project}
+    body["task"] |= {"id": task_id, "project": project}
+    return body
+
+
+def test_new_labels_are_counted_since_the_last_run(store):
+    assert new_labels_since_last_run(store, 2) == 0 and projects(store) == []
+    collect.handle_event(store, created(1, 1))
+    collect.handle_event(store, created(2, 2))
+    collect.handle_event(store, created(3, 3, project=5))
+    assert new_labels_since_last_run(store, 2) == 2 and projects(store) == [2, 5]
+    started = dt.datetime.now(dt.UTC)
+    run = events.record_training_run(store.engine, project=2, started_at=started,
+                                     status="finished", metrics={"candidate": {}})  # fmt: skip
+    assert run and new_labels_since_last_run(store, 2) == 0
+    assert new_labels_since_last_run(store, 5) == 1  # another project's run does not count
+    collect.handle_event(store, created(4, 4))
+    collect.handle_event(store, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}]})
+    assert new_labels_since_last_run(store, 2) == 0  # deleted labels are not new labels
+    collect.handle_event(store, created(5, 5))
+    assert new_labels_since_last_run(store, 2) == 1
+
+
+def test_runs_left_running_by_a_dead_worker_are_closed(store):
+    now = dt.datetime.now(dt.UTC)
+    dead = events.record_training_run(store.engine, project=2, started_at=now, status="running")
+    done = events.record_training_run(store.engine, project=2, started_at=now,
+                                      status="finished", decision="rejected")  # fmt: skip
+    _close_interrupted_runs(store)
+    with store.engine.connect() as conn:
+        rows = {r["id"]: r for r in events.training_runs(conn, 2)}
+    assert rows[dead]["status"] == "failed" and "interrupted" in rows[dead]["reason"]
+    assert rows[done]["status"] == "finished" and rows[done]["decision"] == "rejected"
+    assert json.loads(rows[done]["metrics_json"] or "{}") == {}

@@ -32,7 +32,7 @@ from .labelstudio import (
     prediction,
     prompt_clicks,
 )
-from .masks import clean_mask, clip_to_box
+from .masks import clean_mask, clip_to_box, decode_brush_rle
 from .worker import Runtime, runtime
 
 
@@ -113,8 +113,6 @@ def region_under_click(
     network's previous mask and its label is kept, so the first click does not throw a
     good pre-annotation away. A click outside every region starts a new object.
     """
-    from label_studio_sdk.converter.brush import decode_rle
-
     height, width = prepared.original_size
     clicks, _ = prompt_clicks(prompt, height, width)
     first = next((c for c in clicks if c.positive), None)
@@ -124,11 +122,10 @@ def region_under_click(
         # the region's pixel grid may differ from ours (another decoder's EXIF handling)
         ry = min(int(first.y * region.height / height), region.height - 1)
         rx = min(int(first.x * region.width / width), region.width - 1)
-        try:
-            rgba = decode_rle(list(region.rle)).reshape(region.height, region.width, 4)
+        try:  # bounded: an RLE claiming more than its size is refused before allocating
+            mask = decode_brush_rle(list(region.rle), region.width, region.height) > 0
         except ValueError:  # an RLE that does not match its size: not a usable mask
             continue
-        mask = rgba[:, :, 3] > 0
         if not mask[ry, rx]:
             continue
         if mask.shape != (height, width):

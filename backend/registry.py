@@ -76,7 +76,7 @@ class Registry:
     def active(self) -> str | None:
         try:
             name = (self.root / ACTIVE).read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no registry (yet) at that path
             return None
         return name or None
 

@@ -25,9 +25,7 @@ import redis
 from werkzeug.serving import make_server
 
 from squeezesam.backend.app import create_app
-from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.events import progress_advance, progress_start, record_training_run
-from squeezesam.backend.metrics import register_metrics
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
 from squeezesam.backend.store_schema import annotations, clicks, objects
@@ -95,9 +93,8 @@ def dashboard_url(tmp_path, redis_server):
     conn.flushdb()
     progress_start(conn, 3, total=480, model_version="sqsam-2026.03.06")
     progress_advance(conn, 3, done=312, failed=4)
-    app = create_app(Settings(redis_url=redis_server.url))
-    init_dashboard(app, engine=store.engine, redis_client=conn)
-    register_metrics(app)
+    # create_app registers /dashboard and /metrics on the settings' data dir and Redis
+    app = create_app(Settings(redis_url=redis_server.url, data_dir=str(tmp_path / "data")))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -14,7 +14,6 @@ from rq import Queue
 
 from squeezesam.backend import metrics
 from squeezesam.backend.app import create_app
-from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.events import progress_advance, progress_start, record_training_run
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
@@ -127,10 +126,10 @@ def test_unreachable_redis_is_reported_not_fatal(tmp_path):
 
 
 def test_metrics_and_dashboard_sit_behind_the_apps_basic_auth(tmp_path):
-    app = create_app(Settings(basic_auth_user="lead", basic_auth_pass="s3cret"))
-    store = Store(tmp_path)
-    init_dashboard(app, engine=store.engine)
-    metrics.register_metrics(app)
+    # create_app itself registers /dashboard and /metrics (on the settings' data dir)
+    app = create_app(
+        Settings(basic_auth_user="lead", basic_auth_pass="s3cret", data_dir=str(tmp_path))
+    )
     client = app.test_client()
     good = {"Authorization": "Basic " + base64.b64encode(b"lead:s3cret").decode()}
     for path in ("/metrics", "/dashboard/", "/dashboard/annotators.csv", "/dashboard/data.json",

@@ -381,8 +381,10 @@ def test_the_editor_shows_the_mask(project, tmp_path):
     # Person is #1f77b4: the mask is painted in that colour (blended with the image)
     blue = (pixels[..., 2] - pixels[..., 0] > 60) & (pixels[..., 2] > 120)
     assert blue.mean() > 0.01, f"no mask colour on screen ({blue.mean():.4f})"
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    SCREENSHOT.write_bytes(shot.read_bytes())
+    print(f"editor screenshot: {shot}")
+    if os.environ.get("SQUEEZESAM_UPDATE_SCREENSHOT"):  # refresh the README's picture
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.write_bytes(shot.read_bytes())
 
 
 # --- what the live server sent, against the captures -----------------------------------------
@@ -465,3 +467,34 @@ def test_live_payloads_match_the_captures(project, path, kind, pick, pattern, tm
     dump.write_text(json.dumps(project.backend.proxy.records, indent=1, default=str))
     assert not missing, f"captured keys the live {path} lacks: {sorted(missing)}"
     assert not extra, f"live {path} keys the captures lack: {sorted(extra)}"
+
+
+def test_the_unit_test_payload_fixtures_match_the_live_server(project):
+    """tests/backend builds interactive bodies with `click_body`/`keypoint`/`rectangle`:
+    every key they use is one the live Label Studio sent (nothing invented)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "backend_fixtures", REPO / "tests" / "backend" / "conftest.py"
+    )
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    live = [r["body"] for r in project.backend.proxy.seen("/predict")
+            if (r["body"].get("params") or {}).get("context")]  # fmt: skip
+    assert live, "no interactive /predict in this run"
+    made = fixtures.click_body(
+        CONFIG.read_text(),
+        "/data/upload/1/0badf00d-x.jpg",
+        [fixtures.keypoint(50, 50, 100, 100), fixtures.rectangle(10, 10, 50, 50, 100, 100)],
+    )
+    live_keys = set().union(*(protocol_keys(b) for b in live))
+    invented = protocol_keys(made) - live_keys
+    assert not invented, f"fixture keys Label Studio does not send: {sorted(invented)}"
+    # the regions are the editor's (captures 50/56), which the live run did not draw
+    for region in made["params"]["context"]["result"]:
+        kind = region["type"]
+        capture = "56_*__ml_predict.json" if kind == "keypointlabels" else "50_*__ml_predict.json"
+        [real] = [r for b in captured(capture) for r in b["params"]["context"]["result"]
+                  if r["type"] == kind][:1]  # fmt: skip
+        assert set(region) <= set(real), (kind, set(region) - set(real))
+        assert set(region["value"]) <= set(real["value"]), (kind, region["value"])

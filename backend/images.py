@@ -74,7 +74,11 @@ def _check_absolute(url: str, settings: Settings) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ImageError(f"image URL scheme {parts.scheme!r} is not allowed (http/https only)")
-    host = parts.netloc.lower().rsplit("@", 1)[-1]
+    # userinfo, backslashes and the like are where URL parsers disagree about the host
+    # (`http://10.0.0.1\@ls-host/` is ls-host to urlsplit, 10.0.0.1 to urllib3): refused
+    if not _plain_netloc(url, parts.netloc):
+        raise ImageError(f"image URL {_safe(url)!r} has an ambiguous host part", 403)
+    host = parts.netloc.lower()
     hostname = (parts.hostname or "").lower()
     allowed = set(settings.image_allowed_hosts)
     if settings.label_studio_host:
@@ -86,6 +90,24 @@ def _check_absolute(url: str, settings: Settings) -> str:
             403,
         )
     return url
+
+
+def _plain_netloc(url: str, netloc: str) -> bool:
+    """host[:port] only, and urllib3 (which requests connects with) reads the same host."""
+    if not netloc or any(c in netloc for c in "@\\%") or not netloc.isprintable():
+        return False
+    if any(c.isspace() for c in netloc):
+        return False
+    try:
+        from urllib3.util import parse_url
+
+        theirs = parse_url(url)
+        ours = urlsplit(url)
+        return (theirs.host or "").lower().strip("[]") == (ours.hostname or "") and (
+            theirs.port == ours.port
+        )
+    except ValueError:  # includes urllib3's LocationParseError and a bad port
+        return False
 
 
 # --- credentials ---------------------------------------------------------------------

@@ -157,6 +157,7 @@ def test_label_studio_5xx_for_a_while_loses_no_task(
     assert_one_prediction_each(standin, ids, model_version(pre_settings))
 
 
+@pytest.mark.slow  # two worker start-ups and a SIGKILL: ~35 s on 2 busy cores
 def test_crash_halfway_then_restart_finishes_without_duplicates(
     standin, pre_settings, pool, conn, sample_images
 ):

@@ -1,0 +1,111 @@
+"""A fine-tuning run that plays a customer's project, on one shared set.
+
+    python benchmarks/finetune_customer.py --set ccp_person --labels 500 --steps 300
+
+The set plays the customer: `--labels` of its *train* images are the labels the
+customer submitted; its *val* images (at most `--heldout`) are held out and never
+trained on. The run is what the `train` queue does (models.finetune.finetune from the
+shipped fp16 checkpoint, base-data replay from the *other* shared sets, then
+models.finetune.gate with a guard set from those other sets) and prints, as JSON, the
+held-out NoC@90 / NoC@85 / 1-click mIoU of the shipped model and of the candidate, the
+gate's decision and the times.
+
+Caveat, printed with the result: the shipped base model was trained on all shared sets,
+this one's train split included, so this measures fine-tuning on data the base has
+already seen. A faithful customer test needs a base run with the set held out
+(`squeezesam train-base --data <root without the set>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from squeezesam.models.data import default_data_root, discover_sets, load_set
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH
+from squeezesam.models.train import CHECKPOINT
+
+
+def _link_set(samples: list, out: Path, split_of: dict[str, str]) -> None:
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    with open(out / "objects.csv", "w", newline="") as fo, open(out / "split.csv", "w",
+                                                                 newline="") as fs:  # fmt: skip
+        wo, ws = csv.writer(fo), csv.writer(fs)
+        wo.writerow(["image", "object", "label", "category"])
+        ws.writerow(["image", "split"])
+        for s in samples:
+            os.symlink(s.image_path, out / "images" / s.image_path.name)
+            os.symlink(s.mask_path, out / "masks" / s.mask_path.name)
+            ws.writerow([s.image_id, split_of[s.image_id]])
+            for o in s.objects:
+                wo.writerow([s.image_id, o.index, o.label, o.category])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", required=True, help="shared set playing the customer")
+    parser.add_argument("--labels", type=int, default=500, help="customer labels (train)")
+    parser.add_argument("--heldout", type=int, default=100, help="most held-out val images")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--max-clicks", type=int, default=20)
+    parser.add_argument("--guard-per-set", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=default_data_root())
+    parser.add_argument("--out", type=Path, help="work folder (default: a temp folder)")
+    args = parser.parse_args()
+
+    from squeezesam.models.finetune import finetune, gate, guard_samples
+
+    sets = {f.name: f for f in discover_sets(args.data)}
+    if args.set not in sets:
+        raise SystemExit(f"no set {args.set!r} under {args.data}; have {sorted(sets)}")
+    samples = load_set(sets[args.set])
+    train = [s for s in samples if s.split == "train"][: args.labels]
+    heldout = [s for s in samples if s.split == "val"][: args.heldout]
+    work = args.out or Path(tempfile.mkdtemp(prefix="finetune_customer_"))
+    project = work / "project"
+    _link_set(train + heldout, project, {s.image_id: s.split for s in train + heldout})
+    others = work / "base"  # replay + guard: every other shared set, never this one
+    others.mkdir(parents=True, exist_ok=True)
+    for name, folder in sets.items():
+        if name != args.set:
+            os.symlink(folder.resolve(), others / name)
+    t0 = time.time()
+    result = finetune(project, CHECKPOINT, work / "candidate", steps=args.steps,
+                      batch=args.batch, size=args.size, replay_data=others,
+                      threads=args.threads, version=f"customer-{args.set}")  # fmt: skip
+    t_train = time.time() - t0
+    guard = guard_samples(others, args.guard_per_set) if args.guard_per_set else []
+    t1 = time.time()
+    heldout_project = [s for s in load_set(project) if s.split == "val"]
+    decision = gate(result.int8, DEFAULT_MODEL_PATH, heldout_project, guard, args.max_clicks)
+    t_gate = time.time() - t1
+
+    def brief(m: dict) -> dict:
+        keys = ("noc85", "noc90", "failures90", "miou_1click", "miou_3click", "objects")
+        return {k: m.get(k) for k in keys if k in m}
+
+    print(json.dumps({
+        "set": args.set, "train_labels": len(train), "heldout_images": len(heldout),
+        "steps": args.steps, "batch": args.batch, "size": args.size,
+        "max_clicks": args.max_clicks, "guard_images": len(guard),
+        "base": {k: brief(v) for k, v in decision.current.items()},
+        "candidate": {k: brief(v) for k, v in decision.candidate.items()},
+        "promote": decision.promote, "reason": decision.reason,
+        "finetune_s": round(t_train, 1), "gate_s": round(t_gate, 1),
+        "caveat": "the shipped base model was trained on all shared sets, this set's "
+                  "train split included; the held-out (val) images were not trained on",
+        "work": str(work),
+    }, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

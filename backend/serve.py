@@ -83,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         from .redis_conn import EmbeddedRedis
 
-        embedded = EmbeddedRedis()
+        # under the data dir (not a temp dir): queues and caches survive a restart of serve
+        embedded = EmbeddedRedis(settings.data_path / "redis")
         env["REDIS_URL"] = embedded.url
         log.info("embedded Redis at %s", embedded.url)
     if not settings.model_threads:

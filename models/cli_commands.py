@@ -28,7 +28,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .train import CHECKPOINT
+    # the path only: importing .train here would import torch into every process
+    from .predictor import WEIGHTS_DIR
+
+    CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
 
     p = subparsers.add_parser(
         "train-base", help="train SqueezeSAM on the shared data (CPU, resumable)"

@@ -103,7 +103,7 @@ def finetune(
     meta = dict(meta, finetuned_from=str(base_checkpoint), finetune_steps=steps)
     save_checkpoint(model, base_step + steps, checkpoint, meta)
     _, int8, version = export_checkpoint(
-        checkpoint, out_dir, replay_data or project_data, version, 12
+        checkpoint, out_dir, replay_data or project_data, version, calibration_count
     )
     seconds = time.time() - t0
     log.info(

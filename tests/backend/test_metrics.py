@@ -35,7 +35,8 @@ def value(text: str, name: str, **labels: str) -> float | None:
 
 @pytest.fixture()
 def conn(redis_server):
-    client = redis.Redis.from_url(redis_server.url)
+    # a database of its own: the session's rq workers (db 0) must not take these jobs
+    client = redis.Redis.from_url(redis_server.url, db=7)
     client.flushdb()
     yield client
     client.flushdb()

@@ -79,3 +79,19 @@ def test_previous_mask_is_accepted_at_original_size(shipped_model):
     prev[50:150, 60:200] = True
     out = predictor.predict(predictor.prepare(img), [Click(100, 130, True)], prev)
     assert out.mask.shape == (200, 260)
+
+
+def test_serving_processes_never_import_torch():
+    """The CLI parser (every process builds it), the web app and the workers' jobs."""
+    code = (
+        "import sys\n"
+        "from squeezesam.backend import cli, app, jobs, worker, preannotate_job\n"
+        "cli.build_parser()\n"
+        "app.create_app()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ Definitions (the dashboard's help text says the same):
   (origin `prediction` or `prediction-changed`);
 - start IoU: IoU between the prediction the annotator started from and the final mask.
   An unchanged object has IoU 1 by definition; a changed one is measured only if the
-  store records `objects.start_iou` (see docs/dashboard.md), else it is left out and the
+  store records `objects.start_iou` (see the README dashboard section), else it is left out; the
   table says for how many objects the IoU is known;
 - model version of an annotation: the version of its parent prediction, else the
   version that answered the clicks on its task, else "(none)".

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -69,14 +70,33 @@ def create_app(settings: Settings | None = None) -> Flask:
                 raise ServiceError(str(exc), 503) from None
         return state["d"]
 
+    store_lock = threading.Lock()
+
     def store() -> Store:
-        if "store" not in state:  # opened on first use too: /health works without a DB
-            try:
-                state["store"] = Store.open(settings)
-            except StoreError as exc:
-                log.error("label store unavailable: %s", exc)
-                raise ServiceError(f"label store unavailable: {exc}", 503) from None
+        # opened in the background at start (below); a request that comes first waits
+        # for that open instead of starting a second one. /health never needs it.
+        if "store" not in state:
+            with store_lock:
+                if "store" not in state:
+                    try:
+                        opened = Store.open(settings)
+                        opened.warm_up()
+                    except StoreError as exc:
+                        log.error("label store unavailable: %s", exc)
+                        raise ServiceError(f"label store unavailable: {exc}", 503) from None
+                    state["store"] = opened
         return state["store"]
+
+    def open_store_early() -> None:
+        """Label Studio gives a webhook 1 s: the first one must not pay for opening the
+        store (engine, create_all, column checks, first queries). A failure here is
+        logged; the first request that needs the store tries again."""
+        try:
+            store()
+        except ServiceError:
+            pass
+
+    threading.Thread(target=open_store_early, name="store-open", daemon=True).start()
 
     def version() -> str:
         try:
@@ -168,6 +188,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not outcome.ok:
             raise ServiceError(outcome.error, outcome.status)
         _record_clicks(tasks[0], context, outcome.body)
+        _record_served([tasks[0]], [outcome.body], "click")
         return _results_response([outcome.body])
 
     def _record_clicks(task: Any, context: Any, answer: str) -> None:
@@ -187,7 +208,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         project = bulk.project_id_of(body, tasks)
         items = bulk.answer(dispatcher(), tasks, config, body["label_config"], version(), project)
+        _record_served(tasks, items, "preannotation")
         return _results_response(items)
+
+    def _record_served(tasks: list, items: list[str], kind: str) -> None:
+        """Remember the regions served per task (the start of an annotation: the label
+        store compares it with the final masks); never fails the answer."""
+        try:
+            opened = store()
+        except ServiceError:
+            return  # logged by store()
+        for task, item in zip(tasks, items, strict=False):
+            if isinstance(task, dict) and '"result"' in item:  # skipped items carry none
+                collect.record_served(opened, task.get("id"), item, kind)
 
     @app.post("/preannotate")
     def preannotate_start() -> Response:

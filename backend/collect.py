@@ -11,6 +11,7 @@ Payload shapes: /work/shared/labelstudio/README.md section 6 and captures 09, 62
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from squeezesam.backend.labelstudio import PayloadError as _LSPayloadError
 from squeezesam.backend.masks import decode_brush_rle
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import AnnotationRecord, Click, ObjectRecord
+from squeezesam.backend.store_schema import AnnotationRecord, Click, ObjectRecord, ServedRegion
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,50 @@ def clicks_from_context(context: Any) -> list[Click]:
             image_height=_optional_int(item.get("original_height")),
         ))  # fmt: skip
     return out
+
+
+def served_regions_of(item: Any, kind: str) -> list[ServedRegion]:
+    """The brush regions (with an id) of one `/predict` result item, as served.
+
+    `item` is the item's JSON text (what the workers return) or the parsed dict. Anything
+    malformed is skipped: recording what was served must never fail a prediction."""
+    if isinstance(item, str | bytes):
+        item = json.loads(item)
+    if not isinstance(item, Mapping) or not isinstance(item.get("result"), list):
+        return []
+    version = _optional_str(item.get("model_version"))
+    out = []
+    for region in item["result"]:
+        if not isinstance(region, Mapping) or region.get("type") != "brushlabels":
+            continue
+        value = region.get("value")
+        rid, width, height = region.get("id"), region.get("original_width"), region.get(
+            "original_height")  # fmt: skip
+        rle = value.get("rle") if isinstance(value, Mapping) else None
+        if not (isinstance(rid, str) and rid and isinstance(rle, list) and rle):
+            continue
+        if _optional_int(width) is None or _optional_int(height) is None:
+            continue
+        labels = value.get("brushlabels") or []
+        out.append(ServedRegion(
+            region_id=rid, kind=kind, model_version=version,
+            label=str(labels[0]) if isinstance(labels, list) and labels else None,
+            width=width, height=height, rle=tuple(rle),
+        ))  # fmt: skip
+    return out
+
+
+def record_served(store: Store, task_id: Any, item: Any, kind: str) -> int:
+    """store.record_served for one served item; logs and returns 0 on any failure."""
+    try:
+        regions = served_regions_of(item, kind)
+        if not regions or _optional_int(task_id) is None:
+            return 0
+        return store.record_served(task_id, regions)
+    except Exception as exc:  # never fail a prediction for this
+        log.warning("served regions of task %s not recorded: %s: %s", task_id,
+                    type(exc).__name__, exc)  # fmt: skip
+        return 0
 
 
 # --- reconcile ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,14 +266,24 @@ def object_label(
 # --- results ------------------------------------------------------------------------
 
 
+def new_region_id() -> str:
+    """A region id like Label Studio's own (10 characters). Label Studio keeps a
+    prediction region's id when the annotator accepts it, which is how an annotation is
+    matched with what we served (served_regions in the label store)."""
+    return secrets.token_hex(5)
+
+
 def brush_result(
     mask: np.ndarray, label: str, score: float, config: ProjectConfig
 ) -> dict[str, Any]:
-    """One `brushlabels` region: Label Studio's RLE of the mask at the original size."""
+    """One `brushlabels` region: Label Studio's RLE of the mask at the original size,
+    with a fresh region `id` (cached answers keep theirs, so a re-served region is the
+    same region)."""
     from label_studio_sdk.converter.brush import mask2rle
 
     height, width = mask.shape
     return {
+        "id": new_region_id(),
         "from_name": config.brush_name,
         "to_name": config.image_name,
         "type": "brushlabels",

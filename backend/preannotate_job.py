@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import redis
 from rq import get_current_job
 
-from . import events, jobs
+from . import collect, events, jobs
 from .labelstudio import PayloadError, ProjectConfig, parse_label_config, task_image
 from .ls_client import LabelStudioClient, TaskGone, has_prediction
 from .preannotate import QUEUE, ChunkJob, done_key, enqueue_ids, errors_key, record_error
+from .store import Store, StoreError
 from .worker import Runtime, alive_workers, runtime
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,20 @@ class PlanJob:
 
 
 _clients: dict[int, LabelStudioClient] = {}
+_stores: dict[int, Store | None] = {}
+
+
+def label_store(rt: Runtime) -> Store | None:
+    """One label store per worker process, for recording what was served (None, logged,
+    when it cannot be opened: pre-annotation goes on without it)."""
+    key = id(rt.settings)
+    if key not in _stores:
+        try:
+            _stores[key] = Store.open(rt.settings)
+        except StoreError as exc:
+            log.warning("label store unavailable, served regions not recorded: %s", exc)
+            _stores[key] = None
+    return _stores[key]
 
 
 def ls_client(rt: Runtime) -> LabelStudioClient:
@@ -136,6 +151,9 @@ def _one_task(
         # an empty result is written too: "the model looked and found nothing" is an
         # answer, and it keeps Retrieve Predictions from asking again
         ls.create_prediction(task_id, item["result"], item["score"], version)
+        store = label_store(rt)
+        if store is not None:
+            collect.record_served(store, task_id, item, "preannotation")
         conn.sadd(done, task_id)
         conn.hdel(errors_key(project_id), task_id)
         return "written"

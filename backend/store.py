@@ -17,10 +17,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from squeezesam.backend.masks import decode_brush_rle
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store_io import (
     StoreError,
@@ -42,14 +45,17 @@ from squeezesam.backend.store_io import (
     write_png_atomic,
 )
 from squeezesam.backend.store_schema import (
+    ADDED_COLUMNS,
     AnnotationRecord,
     Click,
+    ServedRegion,
     StoredAnnotation,
     StoredObject,
     annotations,
     clicks,
     metadata,
     objects,
+    served_regions,
     utc_naive,
     utcnow,
 )
@@ -58,6 +64,7 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "labels.db"
 MASKS_DIR = "masks"
+SERVED_RETENTION_DAYS = 60  # served regions older than this are dropped (store size)
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -100,6 +107,7 @@ class Store:
         self.engine = make_engine(url)
         try:
             metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except SQLAlchemyError as exc:
             msg = f"cannot open the label database {self.where}: {getattr(exc, 'orig', exc)}"
             raise StoreError(msg) from exc
@@ -129,11 +137,12 @@ class Store:
             state = _state(conn, record)
         if state in ("duplicate", "deleted"):
             return state  # cheap path: no mask is written for a resend
+        start = self._started_from(record)
         written = self._write_masks(record)
         try:
             for attempt in (1, 2):
                 try:
-                    result, old_paths = self._commit(record, written)
+                    result, old_paths = self._commit(record, written, start)
                     break
                 except StoreError as exc:
                     # two writers raced to insert the same new id: re-read and decide again
@@ -149,10 +158,12 @@ class Store:
         return result
 
     def _commit(
-        self, record: AnnotationRecord, written: list[tuple[int, Path]]
+        self, record: AnnotationRecord, written: list[tuple[int, Path]], start: _Start
     ) -> tuple[str, list[str]]:
         now = utcnow()
-        row = _row(record, now)
+        row = _row(record, now) | {"served_deleted": start.deleted}
+        if row["model_version"] is None:
+            row["model_version"] = start.model_version
         try:
             with self.engine.begin() as conn:
                 state = _state(conn, record, lock=True)
@@ -179,6 +190,7 @@ class Store:
                     )
                 rows = [
                     _object_row(record, number, path.relative_to(self.data_dir))
+                    | start.objects.get(number, {})
                     for number, path in written
                 ]
                 if rows:
@@ -188,6 +200,61 @@ class Store:
             err = StoreError(f"storing annotation {record.annotation_id} failed on {self.where}: "
                              f"{getattr(exc, 'orig', exc)}")  # fmt: skip
             raise err from exc
+
+    def _started_from(self, record: AnnotationRecord) -> _Start:
+        """What the annotator started from, from the regions we served for the task.
+
+        An object whose region id is a served region's id came from it (Label Studio
+        keeps a region's id when the annotator accepts a prediction): its start IoU,
+        model version, kind and label. The served pre-annotation batch the annotation
+        started from (the one its objects came from, else, when it has a parent
+        prediction, the latest one) gives `served_deleted`: its regions no longer in the
+        annotation. Never fails the save: a problem here is logged and leaves NULLs.
+        """
+        start = _Start()
+        if record.was_cancelled:
+            return start
+        try:
+            with self._tx("reading served regions") as conn:
+                served = {r.region_id: r for r in conn.execute(
+                    sa.select(served_regions).where(served_regions.c.task_id == record.task_id)
+                )}  # fmt: skip
+            if not served:
+                return start
+            final_ids = {o.region_id for o in record.objects if o.region_id}
+            versions: Counter[str] = Counter()
+            batches: list[tuple[Any, Any]] = []
+            for number, obj in enumerate(record.objects, start=1):
+                region = served.get(obj.region_id or "")
+                if region is None:
+                    continue
+                start.objects[number] = {
+                    "start_iou": _iou(region, obj.mask), "start_kind": region.kind,
+                    "start_model_version": region.model_version, "start_label": region.label,
+                }  # fmt: skip
+                if region.model_version:
+                    versions[region.model_version] += 1 + (region.kind == "preannotation")
+                if region.kind == "preannotation":
+                    batches.append((region.model_version, region.served_at))
+            pre = [r for r in served.values() if r.kind == "preannotation"]
+            if not batches and pre and record.parent_prediction is not None:
+                latest = max(pre, key=lambda r: r.served_at)
+                batches.append((latest.model_version, latest.served_at))
+                if latest.model_version:
+                    versions[latest.model_version] += 1
+            if batches:
+                batch = Counter(batches).most_common(1)[0][0]
+                start.deleted = sum(
+                    1 for r in pre
+                    if (r.model_version, r.served_at) == batch and r.region_id not in final_ids
+                )  # fmt: skip
+            if versions:
+                start.model_version = versions.most_common(1)[0][0]
+        except Exception as exc:  # the label itself matters more than this figure
+            log.warning("annotation %s: start IoU not computed: %s: %s",
+                        record.annotation_id, type(exc).__name__, exc)  # fmt: skip
+            return _Start()
+        return start
 
     def _write_masks(self, record: AnnotationRecord) -> list[tuple[int, Path]]:
         """PNG per object, atomically; returns (object number, absolute path)."""
@@ -330,6 +397,46 @@ class Store:
         with self._tx("reading clicks") as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    # --- served regions ---------------------------------------------------------------------
+
+    def record_served(self, task_id: int, regions: Iterable[ServedRegion]) -> int:
+        """Remember the brush regions served for a task; returns how many were new.
+
+        One call is one batch (one served_at). A region served again (a cached answer,
+        same ids) keeps its first row. Rows older than SERVED_RETENTION_DAYS are dropped.
+        """
+        now = utcnow()
+        rows = [
+            {"task_id": int(task_id), "region_id": r.region_id, "kind": r.kind,
+             "model_version": r.model_version, "label": r.label, "width": int(r.width),
+             "height": int(r.height), "rle": json.dumps(list(r.rle), separators=(",", ":")),
+             "served_at": now}
+            for r in regions
+        ]  # fmt: skip
+        if not rows:
+            return 0
+        insert = insert_ignore(self.engine, served_regions, ["task_id", "region_id"])
+        with self._tx("recording served regions") as conn:
+            new = sum(len(conn.execute(insert.returning(served_regions.c.task_id).values(**row))
+                          .all()) for row in rows)  # fmt: skip
+            cutoff = now - dt.timedelta(days=SERVED_RETENTION_DAYS)
+            conn.execute(served_regions.delete().where(served_regions.c.served_at < cutoff))
+        return new
+
+    def served_for_task(self, task_id: int) -> list[dict[str, Any]]:
+        query = (sa.select(served_regions).where(served_regions.c.task_id == task_id)
+                 .order_by(served_regions.c.served_at, served_regions.c.region_id))  # fmt: skip
+        with self._tx("reading served regions") as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def warm_up(self) -> None:
+        """Connect and run the webhook's read path once (pool, dialect, statement cache),
+        so the first webhook after a start does not pay for it."""
+        with self._tx("warming up") as conn:
+            conn.execute(sa.select(annotations.c.deleted, annotations.c.updated_at).where(
+                annotations.c.annotation_id == -1))  # fmt: skip
+            conn.execute(sa.select(served_regions).where(served_regions.c.task_id == -1))
+
     # --- stats --------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -363,6 +470,48 @@ class Store:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+class _Start:
+    """Per-object start columns (by object number), served_deleted, model version."""
+
+    def __init__(self) -> None:
+        self.objects: dict[int, dict[str, Any]] = {}
+        self.deleted: int | None = None
+        self.model_version: str | None = None
+
+
+def _iou(region: Any, mask: np.ndarray) -> float:
+    served = decode_brush_rle(json.loads(region.rle), region.width, region.height) > 0
+    final = mask > 0
+    if served.shape != final.shape:  # another pixel grid: compare on the final one
+        resized = cv2.resize(served.astype(np.uint8), final.shape[::-1],
+                             interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        served = resized > 0
+    union = int(np.count_nonzero(served | final))
+    return float(np.count_nonzero(served & final)) / union if union else 1.0
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for ADDED_COLUMNS a database made before them lacks.
+
+    Idempotent; all added columns are nullable. Two processes opening an old database at
+    once may both try: the loser's "duplicate column" error is ignored after a re-check."""
+    inspector = sa.inspect(engine)
+    for table, name in ADDED_COLUMNS:
+        if name in {c["name"] for c in inspector.get_columns(table.name)}:
+            continue
+        column = table.c[name]
+        ddl = (f"ALTER TABLE {table.name} ADD COLUMN {name} "
+               f"{column.type.compile(dialect=engine.dialect)}")  # fmt: skip
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(ddl)
+        except SQLAlchemyError:
+            if name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
+        log.info("label store: added column %s.%s", table.name, name)
+        inspector = sa.inspect(engine)
 
 
 def _state(conn: Connection, record: AnnotationRecord, lock: bool = False) -> str:
@@ -402,7 +551,8 @@ def _object_row(record: AnnotationRecord, number: int, rel_path: Path) -> dict[s
         "annotation_id": record.annotation_id, "number": number, "region_id": obj.region_id,
         "from_name": obj.from_name, "label": obj.label, "width": width, "height": height,
         "area": int(np.count_nonzero(obj.mask)), "mask_path": rel_path.as_posix(),
-        "score": obj.score, "origin": obj.origin,
+        "score": obj.score, "origin": obj.origin, "start_iou": None,
+        "start_model_version": None, "start_kind": None, "start_label": None,
     }  # fmt: skip
 
 

@@ -52,6 +52,9 @@ annotations = Table(
     Column("prediction_json", Text, nullable=True),  # the annotation's `prediction` field
     Column("result_json", Text, nullable=True),  # the full result (masks can be re-decoded)
     Column("stored_at", DateTime, nullable=False),  # when this backend stored it
+    # pre-annotation regions served for the task that the annotation does not contain
+    # (the annotator deleted them); NULL when nothing served for the task is known
+    Column("served_deleted", Integer, nullable=True),
 )
 Index("ix_annotations_project", annotations.c.project_id, annotations.c.deleted)
 
@@ -76,6 +79,12 @@ objects = Table(
     Column("mask_path", Text, nullable=False),  # relative to the data directory
     Column("score", Float, nullable=True),
     Column("origin", String(32), nullable=True),  # prediction | prediction-changed | manual
+    # the served region (served_regions) with this object's region id, when there is one:
+    # IoU of its mask with the final one, its model version, kind and label
+    Column("start_iou", Float, nullable=True),
+    Column("start_model_version", Text, nullable=True),
+    Column("start_kind", String(16), nullable=True),  # preannotation | click
+    Column("start_label", String(256), nullable=True),
 )
 Index("ix_objects_annotation", objects.c.annotation_id)
 
@@ -102,6 +111,36 @@ Index("ux_clicks_task_region", clicks.c.task_id, clicks.c.region_id, unique=True
 Index("ix_clicks_project_task", clicks.c.project_id, clicks.c.task_id)
 
 
+# Every brush region this backend served (bulk /predict, the project pre-annotation job,
+# interactive clicks), so an annotation can be compared with what the annotator started
+# from: Label Studio's webhooks carry `annotation.prediction = {}` and no predictions, but
+# an accepted region keeps its result id. Kept SERVED_RETENTION_DAYS (store.py).
+served_regions = Table(
+    "served_regions",
+    metadata,
+    Column("task_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("region_id", String(64), primary_key=True),  # the result `id` we gave it
+    Column("kind", String(16), nullable=False),  # preannotation | click
+    Column("model_version", Text, nullable=True),
+    Column("label", String(256), nullable=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("rle", Text, nullable=False),  # JSON list: the brush RLE exactly as served
+    Column("served_at", DateTime, nullable=False),
+)
+Index("ix_served_regions_served_at", served_regions.c.served_at)
+
+# Columns added after the first release: Store.open adds them to an existing database
+# (create_all creates missing tables only, never missing columns).
+ADDED_COLUMNS = (
+    (annotations, "served_deleted"),
+    (objects, "start_iou"),
+    (objects, "start_model_version"),
+    (objects, "start_kind"),
+    (objects, "start_label"),
+)
+
+
 def utc_naive(value: dt.datetime | None) -> dt.datetime | None:
     """Aware -> naive UTC; naive values are taken to be UTC already."""
     if value is None or value.tzinfo is None:
@@ -123,6 +162,19 @@ class ObjectRecord:
     from_name: str | None = None
     score: float | None = None
     origin: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedRegion:
+    """One brush region as served to Label Studio (see `served_regions`)."""
+
+    region_id: str
+    kind: str  # preannotation | click
+    model_version: str | None
+    label: str | None
+    width: int
+    height: int
+    rle: tuple[int, ...]
 
 
 @dataclass

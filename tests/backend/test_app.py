@@ -132,3 +132,34 @@ def test_bulk_predict_one_item_per_task_bad_task_is_skipped(client, label_config
     # bad tasks: no "result" key, so Label Studio stores nothing and a retry stays possible
     assert "result" not in results[1] and "result" not in results[2]
     assert "no image" in results[1]["skipped"] and "corrupt" in results[2]["skipped"]
+
+
+def test_bulk_and_click_answers_record_the_served_regions(
+    client, settings, label_config, sample_images
+):
+    """Every served brush region has an id, and the label store remembers it per task
+    (what an annotation is later compared with; see test_served_regions.py)."""
+    from squeezesam.backend.store import Store
+
+    image = sample_images[0]
+    tasks = [{"id": 71, "data": {"image": upload_ref(image)}}]
+    body = {"tasks": tasks, "label_config": label_config, "params": {"context": None}}
+    [item] = client.post("/predict", json=body).json["results"]
+    w, h = Image.open(image).size
+    click = click_body(label_config, upload_ref(image), [keypoint(50, 45, w, h)])
+    click["tasks"][0]["id"] = 72
+    [clicked] = client.post("/predict", json=click).json["results"]
+    store = Store.open(settings)
+    try:
+        for task, answer, kind in ((71, item, "preannotation"), (72, clicked, "click")):
+            assert answer["result"] and all(len(r["id"]) == 10 for r in answer["result"])
+            rows = store.served_for_task(task)
+            assert {r["region_id"] for r in rows} == {r["id"] for r in answer["result"]}
+            assert {(r["kind"], r["model_version"]) for r in rows} == {
+                (kind, answer["model_version"])}  # fmt: skip
+        # the same task again: the cached answer, the same ids, nothing new recorded
+        [again] = client.post("/predict", json=body).json["results"]
+        assert [r["id"] for r in again["result"]] == [r["id"] for r in item["result"]]
+        assert len(store.served_for_task(71)) == len(item["result"])
+    finally:
+        store.close()

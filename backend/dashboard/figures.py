@@ -11,12 +11,17 @@ Definitions (the dashboard's help text says the same):
 - objects per hour: objects / (sum of lead_time of the annotations that have one);
 - clicks per object: clicks recorded on the tasks / objects in their annotations; a task
   with two annotations counts its clicks once;
-- accepted unchanged: objects with origin `prediction` / objects from a prediction
-  (origin `prediction` or `prediction-changed`);
-- start IoU: IoU between the prediction the annotator started from and the final mask.
-  An unchanged object has IoU 1 by definition; a changed one is measured only if the
-  store records `objects.start_iou` (see the README dashboard section), else it is left out; the
-  table says for how many objects the IoU is known;
+- accepted unchanged: pre-annotation objects accepted without change / pre-annotation
+  objects served. Where the store knows what it served (`served_regions`, matched by
+  region id: `objects.start_kind = 'preannotation'`), an object is unchanged when its
+  start IoU is at least UNCHANGED_IOU and its label is the served one, and the served
+  objects the annotator deleted (`annotations.served_deleted`) count as changed; for
+  other objects Label Studio's `origin` decides (`prediction` unchanged,
+  `prediction-changed` changed);
+- start IoU: IoU between the pre-annotation the annotator started from and the final
+  mask (`objects.start_iou`, measured by the store), or 1 for an object whose origin is
+  `prediction` and which matched no served region; the table says for how many objects
+  the IoU is known;
 - model version of an annotation: the version of its parent prediction, else the
   version that answered the clicks on its task, else "(none)".
 """
@@ -35,6 +40,7 @@ from squeezesam.backend.events import ensure_training_runs, training_runs
 from squeezesam.backend.store_schema import annotations, clicks, objects
 
 NO_VERSION = "(none)"
+UNCHANGED_IOU = 0.999  # start IoU at or above this (and the served label) is "unchanged"
 UNKNOWN_ANNOTATOR = "(unknown)"
 DEFAULT_DAYS = 7
 
@@ -113,7 +119,7 @@ class Rows:
     task: np.ndarray  # int64
     n_objects: np.ndarray  # int64
     n_unchanged: np.ndarray  # objects with origin 'prediction'
-    n_changed: np.ndarray  # origin 'prediction-changed'
+    n_changed: np.ndarray  # origin 'prediction-changed', changed or deleted served objects
     iou_sum: np.ndarray  # sum of measured start IoUs (unchanged objects count 1)
     iou_n: np.ndarray  # objects with a measured start IoU
     task_clicks: np.ndarray  # clicks on the annotation's task
@@ -123,7 +129,8 @@ class Rows:
 
 
 def _has_start_iou(conn: Connection) -> bool:
-    return "start_iou" in {c["name"] for c in sa.inspect(conn).get_columns("objects")}
+    """A store that records what it served (every store opened since those columns)."""
+    return "start_kind" in {c["name"] for c in sa.inspect(conn).get_columns("objects")}
 
 
 def _times(conn: Connection, when: Any) -> tuple[Any, Any]:
@@ -175,13 +182,24 @@ def load_rows(conn: Connection, period: Period) -> Rows:
     owner = annotations.alias("owner")
     if period.project_id is not None:
         kept = sa.and_(a.project_id == period.project_id, kept)
-    unchanged = sa.func.sum(sa.case((o.origin == "prediction", 1), else_=0))
-    changed = sa.func.sum(sa.case((o.origin == "prediction-changed", 1), else_=0))
     with_iou = _has_start_iou(conn)
-    if with_iou:  # the store records it: every measured object counts
-        iou = sa.case((o.origin == "prediction", 1.0), else_=sa.literal_column("objects.start_iou"))
+    if with_iou:  # the store measured against what it served: that decides first
+        kind = sa.literal_column("objects.start_kind")
+        start_iou = sa.literal_column("objects.start_iou")
+        served = kind == "preannotation"
+        same = sa.and_(served, start_iou >= UNCHANGED_IOU,
+                       o.label == sa.literal_column("objects.start_label"))  # fmt: skip
+        by_origin = kind.is_(None)
+        unchanged = sa.func.sum(sa.case(
+            (same, 1), (sa.and_(by_origin, o.origin == "prediction"), 1), else_=0))  # fmt: skip
+        changed = sa.func.sum(sa.case(
+            (served, sa.case((same, 0), else_=1)),
+            (sa.and_(by_origin, o.origin == "prediction-changed"), 1), else_=0))  # fmt: skip
+        iou = sa.case((served, start_iou), (sa.and_(by_origin, o.origin == "prediction"), 1.0))
         iou_cols = [sa.func.sum(iou).label("iou_sum"), sa.func.count(iou).label("iou_n")]
     else:  # only unchanged objects have a known IoU (1.0): derived below, not fetched
+        unchanged = sa.func.sum(sa.case((o.origin == "prediction", 1), else_=0))
+        changed = sa.func.sum(sa.case((o.origin == "prediction-changed", 1), else_=0))
         iou_cols = []
     per_annotation = sa.select(
         o.annotation_id,
@@ -199,7 +217,7 @@ def load_rows(conn: Connection, period: Period) -> Rows:
     fields = [a.annotator, a.lead_time, time_sql, a.model_version, a.task_id, sub.c.n,
               sub.c.unchanged, sub.c.changed]  # fmt: skip
     if with_iou:
-        fields += [sub.c.iou_sum, sub.c.iou_n]
+        fields += [sub.c.iou_sum, sub.c.iou_n, sa.literal_column("annotations.served_deleted")]
     query = sa.select(*fields).select_from(
         annotations.outerjoin(sub, sub.c.annotation_id == a.annotation_id)).where(kept)  # fmt: skip
     col = _columns(conn, query, len(fields))
@@ -225,7 +243,8 @@ def load_rows(conn: Connection, period: Period) -> Rows:
         annotator=np.where(annotator == None, UNKNOWN_ANNOTATOR, annotator),  # noqa: E711
         lead_time=np.array(col[1], dtype=np.float64), t=to_seconds(col[2]),
         version=version, task=task, n_objects=count(5, np.int64), n_unchanged=n_unchanged,
-        n_changed=count(7, np.int64),
+        # served pre-annotation objects the annotator deleted count as changed
+        n_changed=count(7, np.int64) + (count(10, np.int64) if with_iou else 0),
         iou_sum=count(8) if with_iou else n_unchanged.astype(np.float64),
         iou_n=count(9, np.int64) if with_iou else n_unchanged,
         task_clicks=_lookup(task, click_tasks, np.array(clk[1], dtype=np.int64), 0),

@@ -162,14 +162,70 @@ def test_per_day_and_per_hour(store):
 
 
 def test_start_iou_column_when_the_store_records_it(store):
-    # the proposed `objects.start_iou`: A1's changed object started from a 0.6 IoU mask
+    # `objects.start_iou` measured against a served pre-annotation: A1's changed object
+    # started from a 0.6 IoU mask; the unchanged ones have no served region (origin: 1.0)
     with store.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE objects ADD COLUMN start_iou FLOAT")
         conn.exec_driver_sql(
-            "UPDATE objects SET start_iou = 0.6 WHERE origin = 'prediction-changed'"
+            "UPDATE objects SET start_iou = 0.6, start_kind = 'preannotation', "
+            "start_label = label WHERE origin = 'prediction-changed'"
         )
     s = figures.compute(store.engine, PERIOD)["summary"]
     assert s["start_iou_measured"] == 4 and s["start_iou"] == round((3 + 0.6) / 4, 3)
+    assert s["accepted_unchanged"] == round(3 / 4, 3)
+
+
+def test_acceptance_from_served_regions_split_by_version(tmp_path):
+    """Webhooks carry no prediction: the store matched the final objects with what it
+    served (served_regions) and measured. Worked out by hand:
+    A20 (task 3000, served v1 x3): one kept as served, one changed (IoU 0.5), one deleted;
+      Label Studio's origin says `prediction` for all (the masks decide, not the origin).
+    A21 (task 3001, served v2 x1): kept as served but relabelled -> changed, IoU 1.
+    A22 (task 3002, served v2 x1 by a click): not a pre-annotation, left out.
+    v1: 3 served, 1 unchanged -> 1/3; start IoU (1 + 0.5) / 2.  v2: 0/1, IoU 1."""
+    from squeezesam.backend import collect
+    from squeezesam.backend.labelstudio import brush_result, parse_label_config, prediction
+
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+        '<Label value="Person"/><Label value="Pet"/></BrushLabels></View>'
+    )
+    square = np.zeros((8, 8), np.uint8)
+    square[0:4, 0:4] = 1
+    half = np.zeros((8, 8), np.uint8)
+    half[0:4, 0:2] = 1  # IoU with square: 8 / 16 (rolled along: with `other`)
+    other, third = np.roll(square, 4, axis=1), np.roll(square, 4, axis=0)
+
+    def served(task, masks, version, kind="preannotation"):
+        item = prediction([brush_result(m > 0, "Person", 0.9, config) for m in masks], 0.9,
+                          version)  # fmt: skip
+        assert collect.record_served(s, task, item, kind) == len(masks)
+        return item["result"]
+
+    def final(aid, task, regions, when):
+        objs = [ObjectRecord(label=lab, mask=m * 255, region_id=r["id"], origin="prediction")
+                for r, m, lab in regions]  # fmt: skip
+        record = ann(aid, task, 1, 10.0, when, [], parent=1)
+        record.objects = objs
+        assert s.save_annotation(record) == "created"
+
+    s = Store(tmp_path / "data")
+    r20 = served(3000, [square, other, third], "v1")
+    r21 = served(3001, [square], "v2")
+    r22 = served(3002, [square], "v2", kind="click")
+    edited = np.roll(half, 4, axis=1)  # `other` halved
+    final(20, 3000, [(r20[0], square, "Person"), (r20[1], edited, "Person")], at(1, 9))
+    final(21, 3001, [(r21[0], square, "Pet")], at(1, 10))
+    final(22, 3002, [(r22[0], square, "Person")], at(1, 11))
+    out = figures.compute(s.engine, PERIOD)
+    by_version = {v["model_version"]: v for v in out["versions"]}
+    assert by_version["v1"]["from_prediction"] == 3
+    assert by_version["v1"]["accepted_unchanged"] == round(1 / 3, 3)
+    assert by_version["v1"]["start_iou"] == round((1 + 0.5) / 2, 3)
+    assert by_version["v1"]["start_iou_measured"] == 2
+    assert by_version["v2"]["accepted_unchanged"] == 0.0
+    assert by_version["v2"]["start_iou"] == 1.0 and by_version["v2"]["start_iou_measured"] == 1
+    assert out["summary"]["from_prediction"] == 4
+    s.close()
 
 
 def test_training_runs_for_the_project_and_period(store):

@@ -36,8 +36,14 @@ def replayable(body: dict, fake_ls, sample_images) -> dict:
 
 
 def good_predict_shape() -> dict:
-    """The response shape of a successful capture (some captures simulate failures)."""
-    return shape(load_capture("19_*__ml_predict.json")[0]["response"]["body"]["results"][0])
+    """The response shape of a successful capture (some captures simulate failures).
+
+    Plus a region `id`: the capture's stand-in backend sent none; ours does, so an
+    accepted region can be matched with what was served (Label Studio stores result
+    ids as given: captures 61-63; the e2e test stores our predictions)."""
+    good = shape(load_capture("19_*__ml_predict.json")[0]["response"]["body"]["results"][0])
+    good["result"][0]["id"] = "str"
+    return good
 
 
 CAPTURED = [c["file"] for c in load_capture("*__ml_*.json")]

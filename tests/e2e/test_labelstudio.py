@@ -297,15 +297,12 @@ def test_an_annotation_reaches_our_webhook(project):
     assert hook["answer"].get("status") == "ok", hook["answer"]
 
 
-@pytest.mark.xfail(
-    reason="measured 1.05 s on the first ANNOTATION_CREATED (store write inside the "
-    "request, 2 loaded cores): the store/webhook owner's to fix; Label Studio then logs "
-    "'Read timed out' although the annotation was stored",
-    strict=False,
-)
 def test_the_webhook_answers_within_label_studios_timeout(project):
-    # Label Studio waits 1 s for a webhook (WEBHOOK_TIMEOUT), then logs an error, no retry
+    # Label Studio waits 1 s for a webhook (WEBHOOK_TIMEOUT), then logs an error, no retry.
+    # Was 1.05-2.5 s on the first ANNOTATION_CREATED: the SDK converter's import and the
+    # store's open inside the request (see tests/backend/test_webhook_timing.py)
     for hook in project.backend.proxy.seen("/webhook"):
+        print(f"webhook {hook['body'].get('action')}: {hook['seconds']:.3f} s")
         assert hook["seconds"] < 1.0, f"{hook['body'].get('action')}: {hook['seconds']:.2f} s"
 
 

@@ -73,5 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all cores)")
     p.add_argument("--per-set", action="store_true", help="evaluate every set under --data apart")
+    p.add_argument(
+        "--saliency-size",
+        type=int,
+        default=0,
+        help="long side of the zero-click pass (0: working size)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

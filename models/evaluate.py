@@ -42,9 +42,12 @@ class Segmenter(Protocol):
 
 
 class OnnxSegmenter:
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, model_path: Path, threads: int | None = None, saliency_size: int | None = None
+    ) -> None:
         self.predictor = Predictor(model_path, threads=threads or None)
         self.name = self.predictor.version
+        self.saliency_size = saliency_size
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         return self.predictor.prepare(image)
@@ -147,7 +150,7 @@ def evaluate_object(
 def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
     from .objects import find_objects
 
-    found = find_objects(seg.predictor, state)
+    found = find_objects(seg.predictor, state, saliency_size=seg.saliency_size)
     void = mask == 255
     gts = {k: mask == k for k in labels}
     salient = [k for k in labels if labels[k] != "other" or areas[k] >= SALIENT_MIN_AREA]
@@ -270,7 +273,7 @@ def main_args(args) -> None:  # called by the CLI
         model = Path(args.model) if args.model else DEFAULT_MODEL_PATH
         if not model.is_file():
             raise SystemExit(f"squeezesam eval: model file {model} not found")
-        seg = OnnxSegmenter(model, args.threads)
+        seg = OnnxSegmenter(model, args.threads, args.saliency_size or None)
     folders = discover_sets(data) if args.per_set else [data]
     if not folders:
         raise SystemExit(

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .clicks import Click, interior_point, iou
-from .predictor import CLASS_NAMES, Predictor, PreparedImage, _sigmoid, _softmax
+from .predictor import CLASS_NAMES, Predictor, PreparedImage, _sigmoid, _softmax, letterbox
 
 MIN_AREA_FRACTION = 0.01  # components smaller than 1% of the image are ignored
 MAX_OBJECTS = 8
@@ -59,11 +59,21 @@ def component_clicks(component: np.ndarray, max_clicks: int = 3) -> list[Click]:
     return clicks
 
 
-def saliency(predictor: Predictor, prepared: PreparedImage) -> np.ndarray:
-    """Zero-click probability map at working resolution (unpadded)."""
+def saliency(predictor: Predictor, prepared: PreparedImage, size: int | None = None) -> np.ndarray:
+    """Zero-click probability map at working resolution (unpadded).
+
+    With `size` (a long side smaller than the working size) the saliency pass runs on a
+    downscaled copy and its map is upsampled: it only has to find the objects, and the
+    per-object passes that draw their outlines still run at the working size.
+    """
     h, w = prepared.valid_size
-    logits, _, _ = predictor.run_network(prepared.pixels, [], None)
-    return _sigmoid(logits[:h, :w])
+    if size is None or size >= max(h, w):
+        logits, _, _ = predictor.run_network(prepared.pixels, [], None)
+        return _sigmoid(logits[:h, :w])
+    small = letterbox(np.ascontiguousarray(prepared.pixels[:h, :w]), size)
+    sh, sw = small.valid_size
+    logits, _, _ = predictor.run_network(small.pixels, [], None)
+    return cv2.resize(_sigmoid(logits[:sh, :sw]), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def find_objects(
@@ -71,10 +81,11 @@ def find_objects(
     prepared: PreparedImage,
     min_area_fraction: float = MIN_AREA_FRACTION,
     max_objects: int = MAX_OBJECTS,
+    saliency_size: int | None = None,
 ) -> list[FoundObject]:
     """Whole-object masks of the salient objects, largest first."""
     h, w = prepared.valid_size
-    prob = saliency(predictor, prepared)
+    prob = saliency(predictor, prepared, saliency_size)
     binary = (prob > 0.5).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])

@@ -59,6 +59,7 @@ from squeezesam.backend.store_schema import (
     utc_naive,
     utcnow,
 )
+from squeezesam.models.clicks import iou
 
 log = logging.getLogger(__name__)
 
@@ -488,8 +489,7 @@ def _iou(region: Any, mask: np.ndarray) -> float:
         resized = cv2.resize(served.astype(np.uint8), final.shape[::-1],
                              interpolation=cv2.INTER_NEAREST)  # fmt: skip
         served = resized > 0
-    union = int(np.count_nonzero(served | final))
-    return float(np.count_nonzero(served & final)) / union if union else 1.0
+    return float(iou(served, final))
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

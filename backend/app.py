@@ -1,6 +1,7 @@
 """The Flask app: Label Studio's ML-backend protocol, routes only.
 
-request -> parse (labelstudio.py) -> queue (dispatch.py) -> worker (jobs.py) -> response.
+request -> parse (labelstudio.py) -> queue (dispatch.py) -> worker (worker.py, jobs.py) ->
+model (models/predictor.py) -> encode (brush RLE, labelstudio.py) -> response.
 Every error is JSON `{"error": "...", "status": N}` naming the problem; the app keeps
 serving after any of them.
 

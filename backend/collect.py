@@ -5,7 +5,7 @@ and never resends it, so this stays synchronous but small: parse, decode the bru
 write a few PNGs, one transaction (a few ms per mask; see tests). Whatever a webhook
 missed (backend down, timeout), `reconcile` catches up from the Label Studio API.
 
-Payload shapes: /work/shared/labelstudio/README.md section 6 and captures 09, 62-72.
+Payload shapes: ../shared/labelstudio/README.md section 6 and captures 09, 62-72.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export the collected labels: COCO JSON, or a dataset folder (/work/shared/DATASET_FORMAT.md).
+"""Export the collected labels: COCO JSON, or a dataset folder (../shared/DATASET_FORMAT.md).
 
 Only kept annotations are exported (not deleted, not cancelled). When a task has several
 annotations (overlap > 1), the most recently updated one is its ground truth, so an image

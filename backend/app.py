@@ -310,10 +310,6 @@ def _error(message: str, status: int) -> Response:
     return response
 
 
-def _dumps(item: dict) -> str:
-    return json.dumps(item, separators=(",", ":"))
-
-
 def _results_response(bodies: list[str]) -> Response:
     """`{"results": [...]}` spliced from the workers' JSON text (no re-encoding)."""
     return Response('{"results":[' + ",".join(bodies) + "]}", mimetype="application/json")

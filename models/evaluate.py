@@ -105,6 +105,7 @@ class GrabCutSegmenter:
 @dataclass
 class Results:
     ious: list[list[float]] = field(default_factory=list)  # per object, IoU after each click
+    labels: list[str] = field(default_factory=list)  # per object, its objects.csv label
     seconds: list[float] = field(default_factory=list)
     label_hits: list[bool] = field(default_factory=list)
     part_ious: list[float] = field(default_factory=list)
@@ -183,6 +184,7 @@ def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res
         gt = mask == k
         curve, predicted = evaluate_object(seg, state, gt, void, max_clicks, res)
         res.ious.append(curve)
+        res.labels.append(label)
         if label in ("person", "pet", "other") and isinstance(seg, OnnxSegmenter):
             res.label_hits.append(predicted == label)
         if part_clicks:
@@ -219,6 +221,15 @@ def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -
         ),
         "ms_per_click": round(1000 * float(np.mean(res.seconds)), 2) if res.seconds else None,
     }
+    # the product's objects: people and pets, whatever set they come from
+    for label in ("person", "pet"):
+        picked = [c for c, lab in zip(curves, res.labels, strict=True) if lab == label]
+        if picked:
+            out[f"objects_{label}"] = len(picked)
+            out[f"miou_1click_{label}"] = round(miou_at(picked, 1), 4)
+            out[f"noc90_{label}"] = round(
+                float(np.mean([noc(c, 0.90, max_clicks) for c in picked])), 3
+            )
     out["miou_0click"] = round(float(np.mean(res.zero_ious)), 4) if res.zero_ious else None
     if res.zero_found:
         out["recall_0click_people_pets"] = round(float(np.mean(res.zero_found)), 4)

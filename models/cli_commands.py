@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all cores)")
     p.add_argument("--per-set", action="store_true", help="evaluate every set under --data apart")
     p.add_argument(
+        "--no-previous-mask",
+        action="store_true",
+        help="clicks only: do not feed the last mask back",
+    )
+    p.add_argument(
         "--saliency-size",
         type=int,
         default=0,

@@ -43,17 +43,22 @@ class Segmenter(Protocol):
 
 class OnnxSegmenter:
     def __init__(
-        self, model_path: Path, threads: int | None = None, saliency_size: int | None = None
+        self,
+        model_path: Path,
+        threads: int | None = None,
+        saliency_size: int | None = None,
+        feed_previous_mask: bool = True,
     ) -> None:
         self.predictor = Predictor(model_path, threads=threads or None)
         self.name = self.predictor.version
         self.saliency_size = saliency_size
+        self.feed_previous_mask = feed_previous_mask
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         return self.predictor.prepare(image)
 
     def segment(self, state, clicks, prev):
-        p = self.predictor.predict(state, clicks, prev)
+        p = self.predictor.predict(state, clicks, prev if self.feed_previous_mask else None)
         h, w = state.original_size
         prob = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
         return p.mask, prob, p.label
@@ -284,7 +289,9 @@ def main_args(args) -> None:  # called by the CLI
         model = Path(args.model) if args.model else DEFAULT_MODEL_PATH
         if not model.is_file():
             raise SystemExit(f"squeezesam eval: model file {model} not found")
-        seg = OnnxSegmenter(model, args.threads, args.saliency_size or None)
+        seg = OnnxSegmenter(
+            model, args.threads, args.saliency_size or None, not args.no_previous_mask
+        )
     folders = discover_sets(data) if args.per_set else [data]
     if not folders:
         raise SystemExit(

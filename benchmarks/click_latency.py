@@ -115,6 +115,7 @@ def through_service(model: Path, threads: int, images: list[Path], points) -> li
             ref = f"http://{host}/{image.relative_to(root)}"
             body = {
                 "tasks": [{"id": i // CLICKS_PER_IMAGE, "data": {"image": ref}}],
+                "project": "1.1764000000",  # "<id>.<created>", as Label Studio sends it
                 "label_config": CONFIG,
                 "params": {"context": {"result": [_keypoint(x, y, w, h)]}},
             }

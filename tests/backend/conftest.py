@@ -17,11 +17,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
+import sqlalchemy as sa
 from werkzeug.serving import make_server
 
+from squeezesam.backend import events
 from squeezesam.backend.app import create_app
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.store import Store, _engine_url
+from squeezesam.backend.store_schema import metadata
 from squeezesam.backend.worker import alive_workers
 
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
@@ -300,3 +304,28 @@ def rectangle(x: float, y: float, bw: float, bh: float, w: int, h: int, label="P
 
 def upload_ref(image: Path, project: int = 1) -> str:
     return f"/data/upload/{project}/0badf00d-{image.name}"
+
+
+# --- the label store on SQLite (always) and PostgreSQL (SQUEEZESAM_TEST_POSTGRES_URL) -------
+
+
+def open_store(kind: str, tmp_path: Path) -> Store:
+    """A fresh store: SQLite under tmp_path, or an emptied PostgreSQL database."""
+    if kind == "sqlite":
+        return Store(tmp_path / "data")
+    url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (e.g. from .ci/postgres.sh)")
+    engine = sa.create_engine(_engine_url(url, tmp_path))
+    events.training_metadata.drop_all(engine)  # each test starts from empty tables
+    metadata.drop_all(engine)
+    engine.dispose()
+    events._ensured.clear()
+    return Store(tmp_path / "data", url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    s = open_store(request.param, tmp_path)
+    yield s
+    s.close()

@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from squeezesam.backend import collect
-from squeezesam.backend.store import Store, _engine_url
-from squeezesam.backend.store_schema import metadata
+from squeezesam.backend.store import Store
 
 CAPTURES = Path(
     os.environ.get(
@@ -29,21 +27,6 @@ def capture(name_glob: str, part: str = "request") -> dict:
     if not files:
         pytest.skip(f"no Label Studio capture {name_glob} in {CAPTURES}")
     return json.loads(files[0].read_text())[part]["body"]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = ""
-    if request.param == "postgresql":
-        url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL", "")
-        if not url:
-            pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (e.g. from .ci/postgres.sh)")
-        engine = sa.create_engine(_engine_url(url, tmp_path))
-        metadata.drop_all(engine)
-        engine.dispose()
-    s = Store(tmp_path / "data", url)
-    yield s
-    s.close()
 
 
 def kept(store: Store) -> dict[int, list[str]]:

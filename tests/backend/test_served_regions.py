@@ -17,20 +17,14 @@ from squeezesam.backend.labelstudio import brush_result, parse_label_config, pre
 from squeezesam.backend.store import Store
 from squeezesam.backend.store_schema import ADDED_COLUMNS, objects
 
-from .test_store import brush_payload, open_store, real_objects
+from .conftest import open_store
+from .test_store import brush_payload, real_objects
 
 CONFIG = parse_label_config(
     '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
     '<Label value="Person"/><Label value="Pet"/></BrushLabels></View>'
 )
 TASK = 1  # capture 62's task
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    s = open_store(request.param, tmp_path)
-    yield s
-    s.close()
 
 
 def served_item(masks: list[tuple[np.ndarray, str]], version: str = "v7") -> dict:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from label_studio_sdk.converter.brush import mask2rle
 
 from squeezesam.backend import collect
-from squeezesam.backend.store import Store, StoreError, _engine_url
+from squeezesam.backend.store import Store, StoreError
 from squeezesam.backend.store_schema import Click, metadata
 
 CAPTURES = Path(
@@ -38,25 +38,6 @@ def webhook(name_glob: str) -> dict:
     if not files:
         pytest.skip(f"no Label Studio capture {name_glob} in {CAPTURES}")
     return json.loads(files[0].read_text())["request"]["body"]
-
-
-def open_store(kind: str, tmp_path: Path) -> Store:
-    if kind == "sqlite":
-        return Store(tmp_path / "data")
-    url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (e.g. from .ci/postgres.sh)")
-    engine = sa.create_engine(_engine_url(url, tmp_path))
-    metadata.drop_all(engine)  # each test starts from empty tables
-    engine.dispose()
-    return Store(tmp_path / "data", url)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    s = open_store(request.param, tmp_path)
-    yield s
-    s.close()
 
 
 def real_objects() -> tuple[np.ndarray, list[tuple[int, str]]]:

@@ -7,15 +7,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-import os
-from pathlib import Path
-
-import pytest
-import sqlalchemy as sa
 
 from squeezesam.backend import collect, events
-from squeezesam.backend.store import Store, _engine_url
-from squeezesam.backend.store_schema import metadata
 from squeezesam.backend.training import (
     _close_interrupted_runs,
     new_labels_since_last_run,
@@ -23,23 +16,6 @@ from squeezesam.backend.training import (
 )
 
 from .conftest import load_capture
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    url = ""
-    if request.param == "postgresql":
-        url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL", "")
-        if not url:
-            pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (.ci/postgres.sh)")
-        engine = sa.create_engine(_engine_url(url, tmp_path))
-        events.training_metadata.drop_all(engine)  # each test starts from empty tables
-        metadata.drop_all(engine)
-        engine.dispose()
-        events._ensured.clear()
-    s = Store(Path(tmp_path) / "data", url)
-    yield s
-    s.close()
 
 
 def created(annotation_id: int, task_id: int, project: int = 2) -> dict:

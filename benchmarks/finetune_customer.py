@@ -19,32 +19,15 @@ already seen. A faithful customer test needs a base run with the set held out
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from squeezesam.models.data import default_data_root, discover_sets, load_set
+from squeezesam.models.data import default_data_root, discover_sets, load_set, write_set
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH
 from squeezesam.models.train import CHECKPOINT
-
-
-def _link_set(samples: list, out: Path, split_of: dict[str, str]) -> None:
-    (out / "images").mkdir(parents=True)
-    (out / "masks").mkdir()
-    with open(out / "objects.csv", "w", newline="") as fo, open(out / "split.csv", "w",
-                                                                 newline="") as fs:  # fmt: skip
-        wo, ws = csv.writer(fo), csv.writer(fs)
-        wo.writerow(["image", "object", "label", "category"])
-        ws.writerow(["image", "split"])
-        for s in samples:
-            os.symlink(s.image_path, out / "images" / s.image_path.name)
-            os.symlink(s.mask_path, out / "masks" / s.mask_path.name)
-            ws.writerow([s.image_id, split_of[s.image_id]])
-            for o in s.objects:
-                wo.writerow([s.image_id, o.index, o.label, o.category])
 
 
 def main() -> None:
@@ -72,7 +55,7 @@ def main() -> None:
     heldout = [s for s in samples if s.split == "val"][: args.heldout]
     work = args.out or Path(tempfile.mkdtemp(prefix="finetune_customer_"))
     project = work / "project"
-    _link_set(train + heldout, project, {s.image_id: s.split for s in train + heldout})
+    write_set(train + heldout, project, link=True)
     others = work / "base"  # replay + guard: every other shared set, never this one
     others.mkdir(parents=True, exist_ok=True)
     for name, folder in sets.items():

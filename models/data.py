@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,3 +127,31 @@ def load_set(folder: Path) -> list[Sample]:
 def load_samples(root: Path, split: str | None = None) -> list[Sample]:
     samples = [s for folder in discover_sets(root) for s in load_set(folder)]
     return [s for s in samples if split is None or s.split == split]
+
+
+def write_set(
+    samples: list[Sample], out: Path, split_of: dict[str, str] | None = None, link: bool = False
+) -> Path:
+    """Write samples as a new set folder in the shared format (a subset, a stand-in
+    project): images, masks and parts copied (or symlinked with `link`), objects.csv and
+    split.csv; `split_of` overrides a sample's split by image id."""
+    out = Path(out)
+    for sub in ("images", "masks", "parts"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    place = os.symlink if link else shutil.copy
+    with (
+        open(out / "objects.csv", "w", newline="") as fo,
+        open(out / "split.csv", "w", newline="") as fs,
+    ):
+        objects, splits = csv.writer(fo), csv.writer(fs)
+        objects.writerow(["image", "object", "label", "category"])
+        splits.writerow(["image", "split"])
+        for s in samples:
+            for path, sub in [(s.image_path, "images"), (s.mask_path, "masks")] + [
+                (p, "parts") for p in s.part_paths.values()
+            ]:
+                place(path, out / sub / path.name)
+            splits.writerow([s.image_id, (split_of or {}).get(s.image_id, s.split)])
+            for o in s.objects:
+                objects.writerow([s.image_id, o.index, o.label, o.category])
+    return out

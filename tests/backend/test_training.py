@@ -10,10 +10,8 @@ Label Studio's API is a small stand-in here (`/api/tasks` for reconcile, switcha
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -36,7 +34,7 @@ from squeezesam.backend.registry import Registry
 from squeezesam.backend.store import Store
 from squeezesam.backend.train_queue import enqueue_training
 from squeezesam.backend.training import LOCK_KEY
-from squeezesam.models.data import discover_sets, load_set
+from squeezesam.models.data import discover_sets, load_set, write_set
 
 from .conftest import WorkerPool, click_body, keypoint, load_capture, make_settings
 
@@ -163,20 +161,7 @@ def small_base(root: Path) -> Path:
         picked = [s for s in samples if s.split == "train"][:4]
         picked += [s for s in samples if s.split == "val"
                    and any(o.label in ("person", "pet") for o in s.objects)][:2]  # fmt: skip
-        out = root / folder.name
-        (out / "images").mkdir(parents=True)
-        (out / "masks").mkdir()
-        with open(out / "objects.csv", "w", newline="") as fo, \
-             open(out / "split.csv", "w", newline="") as fs:  # fmt: skip
-            wo, ws = csv.writer(fo), csv.writer(fs)
-            wo.writerow(["image", "object", "label", "category"])
-            ws.writerow(["image", "split"])
-            for s in picked:
-                shutil.copy(s.image_path, out / "images")
-                shutil.copy(s.mask_path, out / "masks")
-                ws.writerow([s.image_id, s.split])
-                for o in s.objects:
-                    wo.writerow([s.image_id, o.index, o.label, o.category])
+        write_set(picked, root / folder.name)
     return root
 
 

@@ -1,14 +1,12 @@
 """The evaluation CLI on a tiny set made from real validation images."""
 
-import csv
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from squeezesam.models.data import discover_sets, load_set
+from squeezesam.models.data import discover_sets, load_set, write_set
 from squeezesam.models.evaluate import noc
 
 KEYS = {
@@ -30,25 +28,7 @@ def tiny_set(tmp_path_factory, data_root):
     sets = discover_sets(data_root)
     folder = next((f for f in sets if (f / "parts").is_dir()), sets[0])
     samples = [s for s in load_set(folder) if s.split == "val"][:2]
-    out = tmp_path_factory.mktemp("tiny") / folder.name
-    for sub in ("images", "masks", "parts"):
-        (out / sub).mkdir(parents=True)
-    with open(out / "objects.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "object", "label", "category"])
-        for s in samples:
-            for o in s.objects:
-                w.writerow([s.image_id, o.index, o.label, o.category])
-    with open(out / "split.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "split"])
-        for s in samples:
-            w.writerow([s.image_id, "val"])
-            shutil.copy(s.image_path, out / "images")
-            shutil.copy(s.mask_path, out / "masks")
-            for p in s.part_paths.values():
-                shutil.copy(p, out / "parts")
-    return out
+    return write_set(samples, tmp_path_factory.mktemp("tiny") / folder.name)
 
 
 def run_eval(*args):

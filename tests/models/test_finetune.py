@@ -1,11 +1,10 @@
 """Fine-tuning from the current weights and the promotion gate, on real images."""
 
-import csv
 import shutil
 
 import pytest
 
-from squeezesam.models.data import discover_sets, load_set
+from squeezesam.models.data import discover_sets, load_set, write_set
 from squeezesam.models.finetune import GateDecision, finetune, gate, guard_samples
 
 
@@ -20,23 +19,7 @@ def project(tmp_path_factory, data_root):
     samples = load_set(folder)
     train = [s for s in samples if s.split == "train"][:6]
     val = [s for s in samples if s.split == "val"][:2]
-    out = tmp_path_factory.mktemp("project") / "project_1"
-    (out / "images").mkdir(parents=True)
-    (out / "masks").mkdir()
-    with (
-        open(out / "objects.csv", "w", newline="") as fo,
-        open(out / "split.csv", "w", newline="") as fs,
-    ):
-        wo, ws = csv.writer(fo), csv.writer(fs)
-        wo.writerow(["image", "object", "label", "category"])
-        ws.writerow(["image", "split"])
-        for s in train + val:
-            shutil.copy(s.image_path, out / "images")
-            shutil.copy(s.mask_path, out / "masks")
-            ws.writerow([s.image_id, s.split])
-            for o in s.objects:
-                wo.writerow([s.image_id, o.index, o.label, o.category])
-    return out
+    return write_set(train + val, tmp_path_factory.mktemp("project") / "project_1")
 
 
 def test_finetune_writes_a_loadable_candidate_and_the_gate_decides(

@@ -387,16 +387,21 @@ class Store:
         ]  # fmt: skip
         if not rows:
             return 0
-        insert = insert_ignore(self.engine, clicks, ["task_id", "region_id"])
         with self._tx("recording clicks") as conn:
-            # count RETURNING rows: rowcount is -1 for this statement on psycopg
-            insert = insert.returning(clicks.c.id)
-            return sum(len(conn.execute(insert.values(**row)).all()) for row in rows)
+            return self._insert_new(conn, clicks, ["task_id", "region_id"], rows)
 
     def clicks_for_task(self, task_id: int) -> list[dict[str, Any]]:
         query = sa.select(clicks).where(clicks.c.task_id == task_id).order_by(clicks.c.id)
         with self._tx("reading clicks") as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def _insert_new(
+        self, conn: Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]]
+    ) -> int:
+        """Insert rows, skipping those whose `keys` exist already; how many were new.
+        Counted from RETURNING rows: rowcount is -1 for this statement on psycopg."""
+        insert = insert_ignore(self.engine, table, keys).returning(table.c[keys[0]])
+        return sum(len(conn.execute(insert.values(**row)).all()) for row in rows)
 
     # --- served regions ---------------------------------------------------------------------
 
@@ -416,10 +421,8 @@ class Store:
         ]  # fmt: skip
         if not rows:
             return 0
-        insert = insert_ignore(self.engine, served_regions, ["task_id", "region_id"])
         with self._tx("recording served regions") as conn:
-            new = sum(len(conn.execute(insert.returning(served_regions.c.task_id).values(**row))
-                          .all()) for row in rows)  # fmt: skip
+            new = self._insert_new(conn, served_regions, ["task_id", "region_id"], rows)
             cutoff = now - dt.timedelta(days=SERVED_RETENTION_DAYS)
             conn.execute(served_regions.delete().where(served_regions.c.served_at < cutoff))
         return new

@@ -21,9 +21,7 @@ import cv2
 import numpy as np
 
 from .clicks import Click, encode_prompt, next_click, random_click_inside
-from .data import CLASS_INDEX, VOID, Sample
-
-SALIENT_MIN_AREA = 0.08  # an "other" object this large counts as salient in zero-click mode
+from .data import CLASS_INDEX, VOID, Sample, salient_objects
 
 
 @dataclass
@@ -44,11 +42,7 @@ class Loaded:
         return cls(sample.load_image(), mask, labels, {k: counts[k] / total for k in labels})
 
     def salient(self) -> list[int]:
-        return [
-            k
-            for k, lab in self.labels.items()
-            if lab != "other" or self.areas[k] >= SALIENT_MIN_AREA
-        ]
+        return salient_objects(self.labels, self.areas)
 
 
 @dataclass

@@ -19,6 +19,13 @@ VOID = 255
 LABELS = ("person", "pet", "other", "salient")
 # Class head targets: salient objects carry no class (-1: ignored by the loss).
 CLASS_INDEX = {"person": 0, "pet": 1, "other": 2, "salient": -1}
+SALIENT_MIN_AREA = 0.08  # an "other" object covering this share of the image is salient
+
+
+def salient_objects(labels: dict[int, str], areas: dict[int, float]) -> list[int]:
+    """What zero-click mode should find (training targets and evaluation alike): every
+    person, pet or salient region, and "other" objects of at least SALIENT_MIN_AREA."""
+    return [k for k, lab in labels.items() if lab != "other" or areas[k] >= SALIENT_MIN_AREA]
 
 
 def default_data_root() -> Path:

@@ -22,11 +22,10 @@ import cv2
 import numpy as np
 
 from .clicks import Click, Clicker, interior_point, iou
-from .data import Sample, discover_sets, load_set
+from .data import Sample, discover_sets, load_set, salient_objects
 from .predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
 
 MIN_OBJECT_PIXELS = 100
-SALIENT_MIN_AREA = 0.08  # as in training: an "other" object this large is salient
 
 
 class Segmenter(Protocol):
@@ -159,7 +158,7 @@ def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Res
     found = find_objects(seg.predictor, state, saliency_size=seg.saliency_size)
     void = mask == 255
     gts = {k: mask == k for k in labels}
-    salient = [k for k in labels if labels[k] != "other" or areas[k] >= SALIENT_MIN_AREA]
+    salient = salient_objects(labels, areas)
     used: set[int] = set()
     for k in sorted(salient, key=lambda k: -areas[k]):
         scores = [(iou(f.mask, gts[k], void), j) for j, f in enumerate(found) if j not in used]

@@ -12,7 +12,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import torch
@@ -27,7 +26,7 @@ from .augment import Loaded, perturb_mask
 from .clicks import encode_prompt, first_click
 from .data import default_data_root, load_samples
 from .network import SqueezeSAM
-from .predictor import DEFAULT_WORKING_SIZE, WEIGHTS_DIR, letterbox
+from .predictor import DEFAULT_WORKING_SIZE, WEIGHTS_DIR, letterbox, letterbox_mask
 from .train import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("squeezesam.export")
@@ -67,9 +66,7 @@ def calibration_inputs(data_root: Path, count: int = 24, seed: int = 0) -> list[
     for n, i in enumerate(picks):
         loaded = Loaded.from_sample(samples[int(i)])
         prep = letterbox(loaded.image, DEFAULT_WORKING_SIZE)
-        h, w = prep.valid_size
-        mask = np.zeros(prep.pixels.shape[:2], np.uint8)
-        mask[:h, :w] = cv2.resize(loaded.mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask = letterbox_mask(loaded.mask, prep)
         keys = [k for k in loaded.labels if (mask == k).any()]
         if n % 3 == 0 or not keys:
             inputs.append(encode_prompt(prep.pixels, [], None)[None])

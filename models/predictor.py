@@ -63,6 +63,15 @@ def letterbox(image: np.ndarray, working_size: int = DEFAULT_WORKING_SIZE) -> Pr
     return PreparedImage(padded, (h, w), scale, (nh, nw))
 
 
+def letterbox_mask(mask: np.ndarray, prepared: PreparedImage) -> np.ndarray:
+    """An index mask (labels, not probabilities) laid out like `prepared.pixels`: nearest
+    neighbour into the valid area, padding 0 (background)."""
+    h, w = prepared.valid_size
+    out = np.zeros(prepared.pixels.shape[:2], np.uint8)
+    out[:h, :w] = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    return out
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()

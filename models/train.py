@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,7 @@ from .augment import ExampleMaker, Loaded
 from .clicks import encode_prompt, first_click, iou
 from .data import Sample, default_data_root, load_samples
 from .network import SqueezeSAM, build_model
-from .predictor import WEIGHTS_DIR, letterbox
+from .predictor import WEIGHTS_DIR, letterbox, letterbox_mask
 
 CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
 log = logging.getLogger("squeezesam.train")
@@ -94,9 +93,7 @@ def quick_validate(model: SqueezeSAM, samples: list[Sample]) -> dict[str, float]
     for s in samples:
         loaded = Loaded.from_sample(s)
         prep = letterbox(loaded.image)
-        h, w = prep.valid_size
-        mask_small = np.zeros(prep.pixels.shape[:2], np.uint8)
-        mask_small[:h, :w] = cv2.resize(loaded.mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask_small = letterbox_mask(loaded.mask, prep)
         void = mask_small == 255
         keys = sorted(loaded.labels, key=lambda k: -loaded.areas[k])[:2]
         for k in keys:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .clicks import Click, interior_point, iou
-from .predictor import CLASS_NAMES, Predictor, PreparedImage, _sigmoid, _softmax, letterbox
+from .predictor import Predictor, PreparedImage, _sigmoid, classify, letterbox
 
 MIN_AREA_FRACTION = 0.01  # components smaller than 1% of the image are ignored
 MAX_OBJECTS = 8
@@ -106,7 +106,7 @@ def find_objects(
             continue
         if any(iou(small, other) > DEDUP_IOU for _, other in found):
             continue
-        probs = _softmax(cls)
+        label, class_probs = classify(cls)
         full = cv2.resize(small.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST) > 0
         back = 1.0 / prepared.scale
         found.append(
@@ -114,8 +114,8 @@ def find_objects(
                 FoundObject(
                     mask=full,
                     score=score,
-                    label=CLASS_NAMES[int(np.argmax(probs))],
-                    class_probs={n: float(p) for n, p in zip(CLASS_NAMES, probs, strict=True)},
+                    label=label,
+                    class_probs=class_probs,
                     clicks=[c.scaled(back) for c in clicks],
                 ),
                 small,

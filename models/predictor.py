@@ -77,6 +77,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def classify(cls_logits: np.ndarray) -> tuple[str, dict[str, float]]:
+    """Class logits -> (most likely class name, probability of each class)."""
+    probs = _softmax(cls_logits)
+    names = {n: float(p) for n, p in zip(CLASS_NAMES, probs, strict=True)}
+    return CLASS_NAMES[int(np.argmax(probs))], names
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
 
@@ -140,11 +147,5 @@ class Predictor:
         prob = _sigmoid(logits[:h, :w])
         oh, ow = prepared.original_size
         full = cv2.resize(prob, (ow, oh), interpolation=cv2.INTER_LINEAR)
-        probs = _softmax(cls)
-        return Prediction(
-            mask=full > threshold,
-            score=score,
-            label=CLASS_NAMES[int(np.argmax(probs))],
-            class_probs={n: float(p) for n, p in zip(CLASS_NAMES, probs, strict=True)},
-            probability=prob,
-        )
+        label, class_probs = classify(cls)
+        return Prediction(full > threshold, score, label, class_probs, prob)

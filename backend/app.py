@@ -37,6 +37,7 @@ from .labelstudio import (
     task_regions,
 )
 from .metrics import observe_click, register_metrics
+from .recorder import Recorder
 from .redis_conn import connect
 from .settings import Settings
 from .store import Store, StoreError
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             pass
 
     threading.Thread(target=open_store_early, name="store-open", daemon=True).start()
+    # clicks and served regions are written after the answer, off the request path
+    recorder = app.extensions["squeezesam.recorder"] = Recorder()
 
     def version() -> str:
         try:
@@ -193,16 +196,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _results_response([outcome.body])
 
     def _record_clicks(task: Any, context: Any, answer: str) -> None:
-        """Keep the annotator's clicks (for later click-level training); a store failure
-        is logged and never fails the click."""
+        """Keep the annotator's clicks (for later click-level training), written in the
+        background; a store failure is logged and never fails the click."""
         try:
             points = collect.clicks_from_context(context)
-            if points:
-                version = json.loads(answer).get("model_version")
-                project = collect.project_id_of(request.get_json(silent=True)["project"])
-                store().record_clicks(project, int(task["id"]), points, model_version=version)
+            if not points:
+                return
+            version = json.loads(answer).get("model_version")
+            project = collect.project_id_of(request.get_json(silent=True)["project"])
+            task_id = int(task["id"])
         except Exception as exc:
             log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
+            return
+        recorder.submit(
+            lambda: store().record_clicks(project, task_id, points, model_version=version)
+        )
 
     def _bulk(body: dict, tasks: list, config) -> Response:
         from . import bulk
@@ -214,14 +222,25 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     def _record_served(tasks: list, items: list[str], kind: str) -> None:
         """Remember the regions served per task (the start of an annotation: the label
-        store compares it with the final masks); never fails the answer."""
-        try:
-            opened = store()
-        except ServiceError:
-            return  # logged by store()
-        for task, item in zip(tasks, items, strict=False):
-            if isinstance(task, dict) and '"result"' in item:  # skipped items carry none
-                collect.record_served(opened, task.get("id"), item, kind)
+        store compares it with the final masks), in the background; never fails the
+        answer."""
+        served = [
+            (task.get("id"), item)
+            for task, item in zip(tasks, items, strict=False)
+            if isinstance(task, dict) and '"result"' in item  # skipped items carry none
+        ]
+        if not served:
+            return
+
+        def write() -> None:
+            try:
+                opened = store()
+            except ServiceError:
+                return  # logged by store()
+            for task_id, item in served:
+                collect.record_served(opened, task_id, item, kind)
+
+        recorder.submit(write)
 
     @app.post("/preannotate")
     def preannotate_start() -> Response:

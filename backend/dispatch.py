@@ -1,7 +1,9 @@
 """The web side of the queue: enqueue a job and wait for its outcome, never forever.
 
-Waiting uses rq's result stream (`rq:results:<job id>`) with XREAD BLOCK, so an answer
-wakes the web process at once, with no polling delay. The block is cut into short
+Waiting reads the job's early reply stream (jobs.reply_key) and rq's result stream
+(`rq:results:<job id>`) in one XREAD BLOCK, so an answer wakes the web process at
+once, with no polling delay: the reply as soon as the job has its outcome, rq's result
+(also failures) after rq's bookkeeping. The block is cut into short
 slices; between slices we check that the job is still in good hands:
 
 * STARTED on a worker whose liveness heartbeat stopped (worker.py): the worker died
@@ -30,7 +32,7 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 
-from .jobs import Outcome
+from .jobs import Outcome, reply_key
 from .settings import Settings
 from .worker import alive_workers
 
@@ -63,17 +65,20 @@ class Dispatcher:
         return self.wait(job, time.monotonic() + timeout)
 
     def wait(self, job: Job, deadline: float) -> Outcome:
-        key = Result.get_key(job.id)
-        last_id = b"0-0"
+        key, early = Result.get_key(job.id), reply_key(job.id)
+        streams = {early: b"0-0", key: b"0-0"}
         no_worker_since: float | None = None
         while True:
             remaining = deadline - time.monotonic()
             # past the deadline: one last non-blocking read (a bulk request waits on its
             # jobs one after the other, so later ones may well be finished by now)
             block_ms = int(min(remaining, SLICE_SECONDS) * 1000) if remaining > 0 else 0
-            response = self.redis.xread({key: last_id}, block=block_ms if block_ms > 0 else None)
-            for entry_id, payload in response[0][1] if response else []:
-                last_id = entry_id
+            response = self.redis.xread(streams, block=block_ms if block_ms > 0 else None)
+            entries = [(name, e) for name, stream in response or [] for e in stream]
+            for name, (entry_id, payload) in entries:
+                streams[name.decode()] = entry_id
+                if name.decode() == early:  # (the reply expires with REPLY_TTL)
+                    return Outcome.from_fields(payload)
                 result = Result.restore(job.id, entry_id.decode(), payload, connection=self.redis)
                 if result.type == Result.Type.SUCCESSFUL:
                     return result.return_value

@@ -95,6 +95,12 @@ class Settings:
     image_cache_ttl: int = _setting(
         "IMAGE_CACHE_TTL", 3600, "Seconds a cached image lives after its last use."
     )
+    web_threads: int = _setting(
+        "WEB_THREADS",
+        16,
+        "Request threads of the web process (each click or bulk request holds one while "
+        "it waits on the queue).",
+    )
     interactive_timeout: float = _setting(
         "INTERACTIVE_TIMEOUT",
         20.0,

@@ -1,14 +1,20 @@
 """Click latency: one click through HTTP + queue + worker, next to the model called directly.
 
-    python benchmarks/click_latency.py [--clicks 200] [--model PATH] [--threads 0]
+    python benchmarks/click_latency.py [--clicks 200] [--model PATH] [--threads 0] [--gap-ms 200]
 
-Starts an embedded Redis, one warm interactive worker process and the web app behind a
-threaded HTTP server, then sends N interactive `/predict` calls on real images from the
-shared data sets (read from disk by a local file server standing in for Label Studio,
-each image clicked several times as an annotator would: the first click downloads and
-caches it). The direct baseline runs the same clicks in this process through
-`jobs.segment` on already prepared images, plus the RLE encoding: what a worker
+Starts an embedded Redis, one warm interactive worker process and the web process
+(`squeezesam web`, as `squeezesam serve` runs them: separate processes), then this
+process plays Label Studio and sends N interactive `/predict` calls on real images from
+the shared data sets (read from disk by a local file server standing in for Label
+Studio, each image clicked several times as an annotator would: the first click
+downloads and caches it). The direct baseline runs the same clicks in this process
+through `jobs.segment` on already prepared images, plus the RLE encoding: what a worker
 computes, without HTTP, Redis and queueing. Both use the same thread count.
+
+Both paths wait `--gap-ms` between clicks (an annotator clicks a few times a second at
+most), so each click is measured on an otherwise idle service, as an annotator meets
+it; what the web process does after answering (the label store's click records) then
+runs between clicks, as it does in use. `--gap-ms 0` fires clicks back to back.
 Prints p50/p95 of both and the overhead ratio (service / direct).
 """
 
@@ -17,8 +23,10 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from functools import partial
@@ -28,9 +36,7 @@ import numpy as np
 import redis
 import requests
 from PIL import Image
-from werkzeug.serving import make_server
 
-from squeezesam.backend.app import create_app
 from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import segment
 from squeezesam.backend.labelstudio import (
@@ -66,13 +72,14 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
 
 
-def direct(model: Path, threads: int, images: list[Path], points) -> list[float]:
+def direct(model: Path, threads: int, images: list[Path], points, gap: float) -> list[float]:
     predictor = Predictor(model, threads=threads)
     config = parse_label_config(CONFIG)
     prepared = {p: predictor.prepare(decode(p.read_bytes(), 10**9)) for p in images}
     times = []
     for i, (x, y) in enumerate(points):
         image = images[i // CLICKS_PER_IMAGE]
+        time.sleep(gap)
         t0 = time.perf_counter()
         mask, predicted = segment(
             predictor, prepared[image], ClickPrompt(((x, y, True),), None, None)
@@ -82,7 +89,9 @@ def direct(model: Path, threads: int, images: list[Path], points) -> list[float]
     return times
 
 
-def through_service(model: Path, threads: int, images: list[Path], points) -> list[float]:
+def through_service(
+    model: Path, threads: int, images: list[Path], points, gap: float
+) -> list[float]:
     root = images[0].parent.parent.parent
     files = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0),
@@ -97,17 +106,18 @@ def through_service(model: Path, threads: int, images: list[Path], points) -> li
         model_threads=threads,
         image_allowed_hosts=(host,),
     )
-    env = os.environ | settings.to_env()
-    cmd = [sys.executable, "-m", "squeezesam.backend.cli", "worker", "--queues", "interactive"]
-    worker = subprocess.Popen(cmd, env=env)
-    web = make_server("127.0.0.1", 0, create_app(settings), threaded=True)  # as `web` runs it
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{web.server_port}/predict"
+    data_dir = tempfile.TemporaryDirectory()  # the web process's label store
+    env = os.environ | settings.to_env() | {"SQUEEZESAM_DATA_DIR": data_dir.name}
+    me = [sys.executable, "-m", "squeezesam.backend.cli"]
+    worker = subprocess.Popen(me + ["worker", "--queues", "interactive"], env=env)
+    port = _free_port()
+    web = subprocess.Popen(me + ["web", "--host", "127.0.0.1", "--port", str(port)], env=env)
+    url = f"http://127.0.0.1:{port}/predict"
     try:
         connection = redis.Redis.from_url(server.url)
-        while not alive_workers(connection, "interactive"):
-            time.sleep(0.2)
         session = requests.Session()
+        while not alive_workers(connection, "interactive") or not _up(session, port):
+            time.sleep(0.2)
         times = []
         for i, (x, y) in enumerate(points):
             image = images[i // CLICKS_PER_IMAGE]
@@ -121,17 +131,32 @@ def through_service(model: Path, threads: int, images: list[Path], points) -> li
             }
             if i % CLICKS_PER_IMAGE == 0:  # the task is opened: image fetched and cached
                 session.post(url, json=body, timeout=60).raise_for_status()
+            time.sleep(gap)
             t0 = time.perf_counter()
             response = session.post(url, json=body, timeout=60)
             times.append((time.perf_counter() - t0) * 1000)
             response.raise_for_status()
         return times
     finally:
-        web.shutdown()
-        worker.terminate()
-        worker.wait(10)
+        for child in (web, worker):
+            child.terminate()
+            child.wait(10)
         server.close()
         files.shutdown()
+        data_dir.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _up(session: requests.Session, port: int) -> bool:
+    try:
+        return session.get(f"http://127.0.0.1:{port}/health", timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -157,15 +182,16 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=200)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     parser.add_argument("--threads", type=int, default=0, help="0: all cores")
+    parser.add_argument("--gap-ms", type=float, default=200, help="pause between clicks")
     args = parser.parse_args()
     threads = args.threads or (os.cpu_count() or 1)
     images = shared_images(-(-args.clicks // CLICKS_PER_IMAGE))
     points = click_points(args.clicks)
     version = Predictor(args.model, threads=1).version
     print(f"model {args.model} ({version}), {args.clicks} clicks on {len(images)} images, "
-          f"{threads} threads")  # fmt: skip
-    base = direct(args.model, threads, images, points)
-    served = through_service(args.model, threads, images, points)
+          f"{threads} threads, {args.gap_ms:g} ms between clicks")  # fmt: skip
+    base = direct(args.model, threads, images, points, args.gap_ms / 1000)
+    served = through_service(args.model, threads, images, points, args.gap_ms / 1000)
     (b50, b95), (s50, s95) = percentiles(base), percentiles(served)
     print(f"direct  (model + clean + RLE): p50 {b50:7.1f} ms   p95 {b95:7.1f} ms")
     print(f"service (HTTP + queue + worker): p50 {s50:7.1f} ms   p95 {s95:7.1f} ms")

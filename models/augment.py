@@ -9,8 +9,9 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
   each its own object, hiding what is behind them (zero-click scenes, and occluders in
   front of a clicked object, so a click learns to mean one instance);
 - flips, scale, colour jitter, blur.
-Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks: a
-cheap stand-in for RITM's no-grad rollouts on a 2-core CPU.
+Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks; each
+example also keeps its crop, first click and void so `train.rollout` can replace those
+with RITM's no-grad rollouts (clicks placed on the network's own errors).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Example:
     weight: np.ndarray  # float32 (S, S): 0 on void and padding-free void
     cls: int  # class index or -1
     zero_click: bool
+    image: np.ndarray | None = None  # uint8 crop the input was encoded from (rollouts)
+    first: Click | None = None  # the first simulated click (rollouts restart from it)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -258,4 +261,6 @@ class ExampleMaker:
         else:
             clicks, prev = [], None
         x = encode_prompt(image, clicks, prev)
-        return Example(x, target.astype(np.float32), (~void).astype(np.float32), cls, zero_click)
+        first = clicks[0] if clicks else None
+        weight = (~void).astype(np.float32)
+        return Example(x, target.astype(np.float32), weight, cls, zero_click, image, first)

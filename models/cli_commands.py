@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-file", default="runs/train_base.log")
+    p.add_argument(
+        "--rollout-p", type=float, default=0.5,
+        help="share of click examples trained on no-grad rollouts (RITM); 0 = synthetic only",
+    )  # fmt: skip
     p.set_defaults(func=_train_base)
 
     p = subparsers.add_parser("export", help="export the checkpoint to ONNX fp32 + int8")

@@ -24,7 +24,7 @@ from .augment import ExampleMaker, Loaded
 from .data import Sample, discover_sets, load_samples, load_set
 from .evaluate import OnnxSegmenter, evaluate_samples, summarise
 from .export import export_checkpoint
-from .train import cosine_lr, draw_batch, load_checkpoint, save_checkpoint, train_step
+from .train import cosine_lr, draw_batch, load_checkpoint, rollout, save_checkpoint, train_step
 
 log = logging.getLogger("squeezesam.finetune")
 GUARD_PER_SET = 8
@@ -72,6 +72,7 @@ def finetune(
     version: str | None = None,
     calibration_count: int = 12,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    rollout_p: float = 0.5,
 ) -> FinetuneResult:
     """Fine-tune on the *train* split of `project_data`; its val split stays held out."""
     t0 = time.time()
@@ -93,9 +94,9 @@ def finetune(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     for step in range(steps):
         rng = np.random.default_rng([seed, 1_000_000 + step])
-        losses = train_step(
-            model, opt, draw_batch(maker, rng, batch), cosine_lr(lr, step, steps, 0, 20)
-        )
+        examples = draw_batch(maker, rng, batch)
+        rollout(model, examples, rng, rollout_p)  # as base training does
+        losses = train_step(model, opt, examples, cosine_lr(lr, step, steps, 0, 20))
         if on_step:
             on_step(step + 1, losses)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import ExampleMaker, Loaded
-from .clicks import encode_prompt, first_click, iou
+from .clicks import encode_prompt, first_click, iou, next_click
 from .data import Sample, default_data_root, load_samples
 from .network import SqueezeSAM, build_model
 from .predictor import WEIGHTS_DIR, letterbox, letterbox_mask
@@ -45,6 +45,7 @@ class TrainConfig:
     val_per_set: int = 16
     threads: int = 2
     log_file: Path | None = None
+    rollout_p: float = 0.0  # share of click examples whose later clicks come from rollouts
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -125,6 +126,45 @@ def draw_batch(maker: ExampleMaker, rng: np.random.Generator, batch: int) -> lis
     return examples
 
 
+@torch.no_grad()
+def rollout(
+    model: SqueezeSAM,
+    examples: list,
+    rng: np.random.Generator,
+    p: float,
+    max_iters: int = 3,
+) -> int:
+    """RITM's iterative training (Sofiiuk et al. 2022, section 3.2): for a share `p` of the
+    click examples, drop the synthetic later clicks and previous mask, run the network
+    1..`max_iters` times without gradients from the first click, each time adding the
+    clicker's next click on the network's own errors and feeding its binary mask back,
+    exactly as evaluation and serving do. Teaches corrective clicks on the errors this
+    network makes rather than on perturbed ground truth. Returns examples rolled out."""
+    chosen = [
+        e for e in examples
+        if not e.zero_click and e.image is not None and e.first is not None and rng.random() < p
+    ]  # fmt: skip
+    if not chosen:
+        return 0
+    iters = int(rng.integers(1, max_iters + 1))
+    clicks = [[e.first] for e in chosen]
+    prev: list[np.ndarray | None] = [None] * len(chosen)
+    was_training = model.training
+    model.eval()  # running BatchNorm statistics, as at serving; no statistics updated
+    for _ in range(iters):
+        x = np.stack([encode_prompt(e.image, c, m) for e, c, m in zip(chosen, clicks, prev)])
+        pred = model(torch.from_numpy(x))[0][:, 0].numpy() > 0
+        for i, e in enumerate(chosen):
+            c = next_click(pred[i], e.target > 0.5, e.weight < 0.5)
+            if c is not None:
+                clicks[i].append(c)
+            prev[i] = pred[i].astype(np.float32)
+    model.train(was_training)
+    for e, c, m in zip(chosen, clicks, prev):
+        e.input = encode_prompt(e.image, c, m)
+    return len(chosen)
+
+
 def train_step(
     model: SqueezeSAM, opt: torch.optim.Optimizer, examples: list, lr: float
 ) -> dict[str, float]:
@@ -200,7 +240,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         # Seeded per step: a resumed run draws the same examples as an uninterrupted one.
         rng = np.random.default_rng([cfg.seed, step])
         lr = cosine_lr(cfg.lr, step, cfg.total_steps, start)
-        losses = train_step(model, opt, draw_batch(maker, rng, cfg.batch), lr)
+        examples = draw_batch(maker, rng, cfg.batch)
+        rollout(model, examples, rng, cfg.rollout_p)
+        losses = train_step(model, opt, examples, lr)
         seconds += time.time() - t_step
         bar.set_postfix(
             {k: f"{v:.3f}" for k, v in losses.items()}
@@ -238,5 +280,6 @@ def main_args(args) -> None:  # called by the CLI
         val_every=args.val_every,
         threads=args.threads,
         log_file=Path(args.log_file) if args.log_file else None,
+        rollout_p=args.rollout_p,
     )
     train(cfg)

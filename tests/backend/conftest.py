@@ -18,11 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
 from squeezesam.backend import events
 from squeezesam.backend.app import create_app
 from squeezesam.backend.redis_conn import EmbeddedRedis
+from squeezesam.backend.serve import web_server
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store, _engine_url
 from squeezesam.backend.store_schema import metadata
@@ -239,12 +239,12 @@ def client(app, workers):
 
 @pytest.fixture(scope="session")
 def service_url(app, workers) -> str:
-    """The app behind a real threaded HTTP server, like `squeezesam web`."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    """The app behind the server `squeezesam web` runs it in (waitress)."""
+    server = web_server(app, "127.0.0.1", 0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
 
 
 # --- Label Studio payloads ----------------------------------------------------------------

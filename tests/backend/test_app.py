@@ -135,7 +135,7 @@ def test_bulk_predict_one_item_per_task_bad_task_is_skipped(client, label_config
 
 
 def test_bulk_and_click_answers_record_the_served_regions(
-    client, settings, label_config, sample_images
+    app, client, settings, label_config, sample_images
 ):
     """Every served brush region has an id, and the label store remembers it per task
     (what an annotation is later compared with; see test_served_regions.py)."""
@@ -149,6 +149,7 @@ def test_bulk_and_click_answers_record_the_served_regions(
     click = click_body(label_config, upload_ref(image), [keypoint(50, 45, w, h)])
     click["tasks"][0]["id"] = 72
     [clicked] = client.post("/predict", json=click).json["results"]
+    assert app.extensions["squeezesam.recorder"].flush()  # written after the answers
     store = Store.open(settings)
     try:
         for task, answer, kind in ((71, item, "preannotation"), (72, clicked, "click")):
@@ -159,6 +160,7 @@ def test_bulk_and_click_answers_record_the_served_regions(
                 (kind, answer["model_version"])}  # fmt: skip
         # the same task again: the cached answer, the same ids, nothing new recorded
         [again] = client.post("/predict", json=body).json["results"]
+        assert app.extensions["squeezesam.recorder"].flush()
         assert [r["id"] for r in again["result"]] == [r["id"] for r in item["result"]]
         assert len(store.served_for_task(71)) == len(item["result"])
     finally:

@@ -1,0 +1,97 @@
+"""models/train.py: RITM rollouts put later clicks on the network's own errors; the
+checkpoint round-trips; the schedule warms up after every restart."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from squeezesam.models.augment import ExampleMaker, Loaded
+from squeezesam.models.network import build_model
+from squeezesam.models.train import (
+    cosine_lr,
+    draw_batch,
+    load_checkpoint,
+    rollout,
+    save_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def batch(val_samples):
+    maker = ExampleMaker([Loaded.from_sample(s) for s in val_samples], 128, zero_click_p=0.3)
+    return draw_batch(maker, np.random.default_rng(3), 12)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(pretrained=False).eval()  # untrained: it surely makes errors
+
+
+def test_rollout_clicks_land_on_the_errors_of_the_mask_fed_back(batch, model):
+    examples = copy.deepcopy(batch)
+    rolled = rollout(model, examples, np.random.default_rng(0), p=1.0, max_iters=2)
+    clicked = [e for e in examples if not e.zero_click]
+    assert rolled == len(clicked) > 0
+    checked = 0
+    for e in clicked:
+        prev = e.input[5]
+        assert set(np.unique(prev)) <= {0.0, 1.0}  # the network's binary mask, as served
+        # the first click stays where the example put it
+        assert e.input[3, int(e.first.y), int(e.first.x)] == 1.0
+        # every other click disk sits on an error of that previous mask: positive ones
+        # on missed object pixels, negative ones on false positives
+        target = e.target > 0.5
+        pos = e.input[3] > 0
+        neg = e.input[4] > 0
+        first = np.zeros_like(pos)
+        first[int(e.first.y), int(e.first.x)] = True
+        if neg.any():
+            assert ((prev > 0.5) & ~target)[neg].any()
+            checked += 1
+        later_pos = pos & ~_disk_around(first, pos)
+        if later_pos.any():
+            assert (target & (prev < 0.5))[later_pos].any()
+            checked += 1
+    assert checked > 0  # an untrained network leaves errors to click on
+
+
+def test_rollout_leaves_zero_click_examples_and_p0_batches_alone(batch, model):
+    examples = copy.deepcopy(batch)
+    assert rollout(model, examples, np.random.default_rng(0), p=0.0) == 0
+    assert all(np.array_equal(a.input, b.input) for a, b in zip(examples, batch, strict=True))
+    examples = copy.deepcopy(batch)
+    rollout(model, examples, np.random.default_rng(0), p=1.0)
+    for a, b in zip(examples, batch, strict=True):
+        if a.zero_click:
+            assert np.array_equal(a.input, b.input)
+    assert not model.training  # the caller's mode is restored (eval here)
+
+
+def test_checkpoint_round_trips_weights_step_and_meta(tmp_path, model):
+    path = tmp_path / "w.pt"
+    save_checkpoint(model, 123, path, {"note": "x"})
+    loaded, step, meta = load_checkpoint(path)
+    assert step == 123 and meta == {"note": "x"}
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            assert torch.allclose(a.half().float(), b), k
+
+
+def test_cosine_schedule_warms_up_after_a_restart_and_ends_at_5_percent():
+    assert cosine_lr(1.0, 5000, 10000, start=5000, warmup=100) == pytest.approx(0.01 * 0.525)
+    assert cosine_lr(1.0, 10000, 10000, start=0) == pytest.approx(0.05)
+    assert cosine_lr(1.0, 49, 10000, start=0) == pytest.approx(0.5, abs=0.01)  # half warm
+
+
+def _disk_around(point: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """The connected component of `channel` holding `point` (the first click's disk)."""
+    import cv2
+
+    _, comp = cv2.connectedComponents(channel.astype(np.uint8))
+    ys, xs = np.nonzero(point)
+    return comp == comp[ys[0], xs[0]] if channel[ys[0], xs[0]] else np.zeros_like(channel)

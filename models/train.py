@@ -152,7 +152,8 @@ def rollout(
     was_training = model.training
     model.eval()  # running BatchNorm statistics, as at serving; no statistics updated
     for _ in range(iters):
-        x = np.stack([encode_prompt(e.image, c, m) for e, c, m in zip(chosen, clicks, prev)])
+        triples = zip(chosen, clicks, prev, strict=True)
+        x = np.stack([encode_prompt(e.image, c, m) for e, c, m in triples])
         pred = model(torch.from_numpy(x))[0][:, 0].numpy() > 0
         for i, e in enumerate(chosen):
             c = next_click(pred[i], e.target > 0.5, e.weight < 0.5)
@@ -160,7 +161,7 @@ def rollout(
                 clicks[i].append(c)
             prev[i] = pred[i].astype(np.float32)
     model.train(was_training)
-    for e, c, m in zip(chosen, clicks, prev):
+    for e, c, m in zip(chosen, clicks, prev, strict=True):
         e.input = encode_prompt(e.image, c, m)
     return len(chosen)
 
@@ -225,6 +226,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         log.info("starting from ImageNet EfficientNet-Lite0 encoder")
     cfg.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train_samples = load_samples(cfg.data, "train")
+    # which sets this checkpoint has seen (a customer experiment must hold one out)
+    meta["data_sets"] = sorted(set(meta.get("data_sets", [])) | {s.set_name for s in train_samples})
     val_samples = val_subset(load_samples(cfg.data, "val"), cfg.val_per_set)
     t0 = time.time()
     loaded = [Loaded.from_sample(s) for s in train_samples]

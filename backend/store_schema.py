@@ -114,7 +114,7 @@ Index("ix_clicks_project_task", clicks.c.project_id, clicks.c.task_id)
 # Every brush region this backend served (bulk /predict, the project pre-annotation job,
 # interactive clicks), so an annotation can be compared with what the annotator started
 # from: Label Studio's webhooks carry `annotation.prediction = {}` and no predictions, but
-# an accepted region keeps its result id. Kept SERVED_RETENTION_DAYS (store.py).
+# an accepted region keeps its result id. Kept SERVED_RETENTION_DAYS (store_served.py).
 served_regions = Table(
     "served_regions",
     metadata,

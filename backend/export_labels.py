@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from squeezesam.backend.labelstudio import match_label
 from squeezesam.backend.store import Store
 from squeezesam.backend.store_schema import StoredAnnotation
 
@@ -46,9 +47,9 @@ def split_of(image: str, val_percent: int = VAL_PERCENT) -> str:
 
 
 def label_kind(label_studio_label: str) -> str:
-    """Label Studio label name -> person | pet | other (case-insensitive)."""
-    name = label_studio_label.strip().lower()
-    return name if name in ("person", "pet") else "other"
+    """Label Studio label name -> person | pet | other (matched by `label_key`: case and
+    surrounding spaces do not count, as when the backend labels a model's class)."""
+    return match_label(label_studio_label, ("person", "pet")) or "other"
 
 
 def select(store: Store, project_id: int | None = None) -> list[StoredAnnotation]:

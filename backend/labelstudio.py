@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,16 +229,36 @@ def _first_label(value: dict, key: str) -> str | None:
     return labels[0] if isinstance(labels, list) and labels else None
 
 
+def label_key(name: str) -> str:
+    """The one rule label names are compared by (here and in export_labels.label_kind):
+    surrounding spaces and case do not count, so "Person", " person " and "PERSON" name
+    the same label, whether a model class is matched to a config or a config label to a
+    model class."""
+    return name.strip().casefold()
+
+
+def match_label(name: str | None, labels: Iterable[str]) -> str | None:
+    """The label of `labels` that `name` names under `label_key`, or None.
+
+    An exact match wins, then the first label with the same key (a config may hold
+    labels differing only in case)."""
+    if not name:
+        return None
+    labels = tuple(labels)
+    if name in labels:
+        return name
+    key = label_key(name)
+    return next((label for label in labels if label_key(label) == key), None)
+
+
 def choose_label(prompt_label: str | None, model_class: str, config: ProjectConfig) -> str:
     """The annotator's label wins; otherwise the model's class, matched to the config."""
     labels = config.brush_labels
-    if prompt_label in labels:
-        return prompt_label
-    by_lower = {name.lower(): name for name in labels}
-    if prompt_label and prompt_label.lower() in by_lower:
-        return by_lower[prompt_label.lower()]
-    if model_class in by_lower:
-        return by_lower[model_class]
+    label = match_label(prompt_label, labels)
+    if label is None:
+        label = match_label(model_class, labels)
+    if label is not None:
+        return label
     return labels[0] if labels else (prompt_label or model_class)
 
 
@@ -247,17 +268,18 @@ def object_label(
     """(label, score) of a zero-click object, or None to drop it.
 
     The model's class (person / pet / other) picks the config's label of the same name
-    (case-insensitive); a config with a single label takes every object under it (its
-    one label is whatever that project segments). Otherwise the object is dropped: an
-    `other` object must never show up as a person or a pet.
+    (`match_label`: case and surrounding spaces do not count); a config with a single
+    label takes every object under it (its one label is whatever that project segments).
+    Otherwise the object is dropped: an `other` object must never show up as a person or
+    a pet.
 
     Score: predicted IoU x probability of the label's class, i.e. "a good mask AND the
     right label", so sorting predictions by score in Label Studio puts both kinds of
     mistakes last. A single-label config ignores the class, so its score is the IoU.
     """
-    by_lower = {name.lower(): name for name in config.brush_labels}
-    if model_class.lower() in by_lower:
-        return by_lower[model_class.lower()], iou * class_probs.get(model_class, 1.0)
+    label = match_label(model_class, config.brush_labels)
+    if label is not None:
+        return label, iou * class_probs.get(model_class, 1.0)
     if len(config.brush_labels) == 1:
         return config.brush_labels[0], iou
     return None

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
+from squeezesam.backend.export_labels import label_kind
 from squeezesam.backend.labelstudio import (
     ClickPrompt,
     PayloadError,
+    ProjectConfig,
     brush_result,
     choose_label,
+    object_label,
     parse_context,
     parse_label_config,
     prompt_clicks,
@@ -90,6 +93,21 @@ def test_label_choice(label_config):
     assert choose_label("pet", "person", config) == "Pet"
     assert choose_label(None, "pet", config) == "Pet"
     assert choose_label("Horse", "other", config) == "Person"  # first brush label
+
+
+@pytest.mark.parametrize("person", ["Person", " person ", "PERSON", "person", "\tPerSon\n"])
+def test_one_label_rule_both_ways(person):
+    """Case and surrounding spaces never count: a config label spelt any of these ways
+    gets the model's `person` objects and prompts (class -> label), and exports as the
+    `person` kind (label -> class); so does a prompt label spelt that way."""
+    config = ProjectConfig("image", "image", "tag", (person, "Pet"))
+    assert object_label("person", {"person": 0.8}, 0.5, config) == (person, 0.4)
+    assert object_label("other", {"other": 1.0}, 0.5, config) is None
+    assert choose_label(None, "person", config) == person
+    assert choose_label(" PERSON ", "pet", config) == person  # the prompt's label wins
+    assert choose_label(" pet\t", "person", config) == "Pet"
+    assert label_kind(person) == "person" and label_kind(" PET ") == "pet"
+    assert label_kind("Personal") == "other"
 
 
 def test_brush_result_rle_round_trip(label_config):

@@ -61,6 +61,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
     server = web_server(create_app(settings), args.host, args.port, settings.web_threads)
+    # SIGTERM (serve's supervisor, docker stop) ends waitress's loop like Ctrl-C, so the
+    # process exits normally and the recorder writes its pending click records (atexit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("web on http://%s:%s (%d threads)", args.host, server.effective_port,
              settings.web_threads)  # fmt: skip
     server.run()

@@ -10,6 +10,8 @@ import requests
 from PIL import Image
 
 from squeezesam.backend.cli import build_parser
+from squeezesam.backend.settings import Settings
+from squeezesam.backend.store import Store
 
 from .conftest import LEGACY_TOKEN, click_body, keypoint, upload_ref
 
@@ -30,11 +32,14 @@ def _free_port() -> int:
 
 
 def test_serve_alone_brings_up_redis_web_and_workers(
-    model_path, fake_ls, label_config, sample_images
+    model_path, fake_ls, label_config, sample_images, tmp_path
 ):
+    """...and on SIGTERM stops cleanly: the web process exits normally, having written
+    the click records its recorder still held (they are written after the answer)."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env |= {
+        "SQUEEZESAM_DATA_DIR": str(tmp_path / "data"),
         "SQUEEZESAM_MODEL_PATH": str(model_path),
         "LABEL_STUDIO_URL": fake_ls.url,
         "LABEL_STUDIO_API_KEY": LEGACY_TOKEN,
@@ -58,4 +63,31 @@ def test_serve_alone_brings_up_redis_web_and_workers(
         assert response.json()["results"][0]["result"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=30) == 0
+    store = Store.open(Settings(data_dir=str(tmp_path / "data")))
+    try:
+        assert [(c["x"], c["y"]) for c in store.clicks_for_task(1)] == [(50.0, 50.0)]
+    finally:
+        store.close()
+
+
+def test_web_stops_cleanly_on_sigterm(settings, tmp_path):
+    """SIGTERM (serve's supervisor, docker stop) ends `squeezesam web` with exit code 0,
+    not death by signal, so its exit handlers (the recorder's pending writes) run."""
+    port = _free_port()
+    env = os.environ | settings.to_env() | {"SQUEEZESAM_DATA_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "squeezesam.backend.cli", "web", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd + ["--port", str(port)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "web did not come up"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -191,26 +191,38 @@ def create_app(settings: Settings | None = None) -> Flask:
         observe_click(time.perf_counter() - started, outcome.status)
         if not outcome.ok:
             raise ServiceError(outcome.error, outcome.status)
-        _record_clicks(tasks[0], context, outcome.body)
-        _record_served([tasks[0]], [outcome.body], "click")
+        _record_click(tasks[0], context, outcome.body)
         return _results_response([outcome.body])
 
-    def _record_clicks(task: Any, context: Any, answer: str) -> None:
-        """Keep the annotator's clicks (for later click-level training), written in the
-        background; a store failure is logged and never fails the click."""
+    def _record_click(task: Any, context: Any, answer: str) -> None:
+        """Keep the annotator's clicks (for later click-level training) and the region
+        served for them, written in the background: the answer is parsed there, once,
+        not on the click's path. A store failure is logged and never fails the click."""
         try:
             points = collect.clicks_from_context(context)
-            if not points:
-                return
-            version = json.loads(answer).get("model_version")
-            project = collect.project_id_of(request.get_json(silent=True)["project"])
-            task_id = int(task["id"])
+            project = (
+                collect.project_id_of(request.get_json(silent=True)["project"]) if points else None
+            )
         except Exception as exc:
             log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
-            return
-        recorder.submit(
-            lambda: store().record_clicks(project, task_id, points, model_version=version)
-        )
+            points, project = [], None
+        task_id = task.get("id")
+
+        def write() -> None:
+            item = json.loads(answer)
+            try:
+                opened = store()
+            except ServiceError:
+                return  # logged by store()
+            if points:
+                try:
+                    opened.record_clicks(project, int(task_id), points,
+                                         model_version=item.get("model_version"))  # fmt: skip
+                except Exception as exc:
+                    log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
+            collect.record_served(opened, task_id, item, "click")
+
+        recorder.submit(write)
 
     def _bulk(body: dict, tasks: list, config) -> Response:
         from . import bulk

@@ -75,9 +75,10 @@ class Dispatcher:
             block_ms = int(min(remaining, SLICE_SECONDS) * 1000) if remaining > 0 else 0
             response = self.redis.xread(streams, block=block_ms if block_ms > 0 else None)
             entries = [(name, e) for name, stream in response or [] for e in stream]
-            for name, (entry_id, payload) in entries:
-                streams[name.decode()] = entry_id
-                if name.decode() == early:  # (the reply expires with REPLY_TTL)
+            for raw_name, (entry_id, payload) in entries:
+                name = raw_name.decode()
+                streams[name] = entry_id
+                if name == early:  # (the reply expires with REPLY_TTL)
                     return Outcome.from_fields(payload)
                 result = Result.restore(job.id, entry_id.decode(), payload, connection=self.redis)
                 if result.type == Result.Type.SUCCESSFUL:

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from squeezesam.models.augment import ROLLOUT_P
 from squeezesam.models.data import default_data_root, discover_sets, load_set, write_set
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH
 from squeezesam.models.train import CHECKPOINT
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--rollout-p",
         type=float,
-        default=0.5,
+        default=ROLLOUT_P,
         help="share of click examples trained on rollouts (as the base)",
     )
     args = parser.parse_args()

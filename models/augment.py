@@ -24,6 +24,11 @@ import numpy as np
 from .clicks import Click, encode_prompt, next_click, random_click_inside
 from .data import CLASS_INDEX, VOID, Sample, salient_objects
 
+# Share of click examples whose later clicks come from no-grad rollouts (train.rollout)
+# instead of synthetic previous masks: the one default of base training, fine-tuning and
+# their command lines (here, not in train.py, so the CLI reads it without torch).
+ROLLOUT_P = 0.5
+
 
 @dataclass
 class Loaded:

@@ -29,6 +29,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # the path only: importing .train here would import torch into every process
+    from .augment import ROLLOUT_P
     from .predictor import WEIGHTS_DIR
 
     CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-file", default="runs/train_base.log")
     p.add_argument(
-        "--rollout-p", type=float, default=0.5,
+        "--rollout-p", type=float, default=ROLLOUT_P,
         help="share of click examples trained on no-grad rollouts (RITM); 0 = synthetic only",
     )  # fmt: skip
     p.set_defaults(func=_train_base)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import ExampleMaker, Loaded
+from .augment import ROLLOUT_P, ExampleMaker, Loaded
 from .data import Sample, discover_sets, load_samples, load_set
 from .evaluate import OnnxSegmenter, evaluate_samples, summarise
 from .export import export_checkpoint
@@ -72,7 +72,7 @@ def finetune(
     version: str | None = None,
     calibration_count: int = 12,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    rollout_p: float = 0.5,
+    rollout_p: float = ROLLOUT_P,
 ) -> FinetuneResult:
     """Fine-tune on the *train* split of `project_data`; its val split stays held out."""
     t0 = time.time()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import ExampleMaker, Loaded
+from .augment import ROLLOUT_P, ExampleMaker, Loaded
 from .clicks import encode_prompt, first_click, iou, next_click
 from .data import Sample, default_data_root, load_samples
 from .network import SqueezeSAM, build_model
@@ -45,7 +45,7 @@ class TrainConfig:
     val_per_set: int = 16
     threads: int = 2
     log_file: Path | None = None
-    rollout_p: float = 0.0  # share of click examples whose later clicks come from rollouts
+    rollout_p: float = ROLLOUT_P  # share of click examples trained on rollouts
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:

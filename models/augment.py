@@ -28,6 +28,10 @@ from .data import CLASS_INDEX, VOID, Sample, salient_objects
 # instead of synthetic previous masks: the one default of base training, fine-tuning and
 # their command lines (here, not in train.py, so the CLI reads it without torch).
 ROLLOUT_P = 0.5
+# Share of click examples given look-alike instances (copies of the clicked object or other
+# people/pets pasted beside it), the clicked one chosen at random among them: most sets
+# hold one salient object per photo, so without these a click need not say *which* one.
+INSTANCES_P = 0.3
 
 
 @dataclass
@@ -213,6 +217,37 @@ class ExampleMaker:
     def sample_index(self, rng: np.random.Generator) -> int:
         return int(min(np.searchsorted(self.cumulative, rng.random()), len(self.loaded) - 1))
 
+    def add_instances(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        index: int,
+        main: int,
+        targets: set[int],
+        next_index: int,
+        rng: np.random.Generator,
+    ) -> tuple[set[int], str, int]:
+        """Paste 1-3 look-alikes (the clicked object itself, or another person/pet) where
+        they do not hide the target; then, half the time, one of them becomes the target.
+        Returns (targets, the target's label, next free index)."""
+        s = self.loaded[index]
+        labels: dict[int, str] = {}
+        for _ in range(int(rng.integers(1, 4))):
+            if not self.people_pets or rng.random() < 0.5:
+                donor, key = s, main
+            else:
+                di, key = self.people_pets[int(rng.integers(len(self.people_pets)))]
+                donor = self.loaded[di]
+            avoid = np.isin(mask, list(targets))
+            if paste(image, mask, donor, key, next_index, rng, avoid=avoid):
+                labels[next_index] = donor.labels[key]
+                next_index += 1
+        visible = [k for k in labels if (mask == k).sum() >= 64]
+        if visible and rng.random() < 0.5:
+            chosen = visible[int(rng.integers(len(visible)))]
+            return {chosen}, labels[chosen], next_index
+        return targets, s.labels[main], next_index
+
     def make(self, index: int, rng: np.random.Generator) -> Example | None:
         s = self.loaded[index]
         image, mask = s.image.copy(), s.mask.copy()
@@ -247,11 +282,16 @@ class ExampleMaker:
                     avoid = np.isin(mask, list(targets))
                     paste(image, mask, self.loaded[di], dk, next_index, rng, avoid=avoid)
                     next_index += 1
+            label = s.labels[main]
+            if rng.random() < INSTANCES_P:
+                targets, label, next_index = self.add_instances(
+                    image, mask, index, main, targets, next_index, rng
+                )
             if self.people_pets and rng.random() < 0.15:  # an occluding person or pet
                 di, dk = self.people_pets[int(rng.integers(len(self.people_pets)))]
                 if di != index:
                     paste(image, mask, self.loaded[di], dk, next_index, rng)
-            cls = CLASS_INDEX[s.labels[main]]
+            cls = CLASS_INDEX[label]
         focus = np.isin(mask, list(targets))
         image, mask = scale_and_crop(image, mask, focus, self.size, rng)
         if rng.random() < 0.5:

@@ -66,6 +66,37 @@ def test_examples_are_consistent():
             assert ex.target[ys, xs].any()
 
 
+def test_look_alike_instances_leave_one_target_with_its_own_label():
+    image, mask = coded(240, 320)
+    pet_image, pet_mask = coded(240, 320)
+    pet_image[pet_mask == 1] = (0, 255, 255)  # the other donor's object: cyan
+    loaded = [
+        Loaded(image, mask, {1: "person"}, {1: 0.05}),
+        Loaded(pet_image, pet_mask, {1: "pet"}, {1: 0.05}),
+    ]
+    maker = ExampleMaker(loaded, 64)
+    rng = np.random.default_rng(4)
+    switched = kept = 0
+    for _ in range(40):
+        img, m = image.copy(), mask.copy()
+        targets, label, next_index = maker.add_instances(img, m, 0, 1, {1}, 200, rng)
+        pasted = list(range(200, next_index))
+        assert len(targets) == 1
+        (target,) = targets
+        if target == 1:
+            kept += 1
+            assert label == "person"
+        else:
+            switched += 1
+            assert target in pasted
+            # the label is the pasted donor's: red pixels are a person copy, cyan a pet
+            pixels = img[m == target]
+            assert label == ("pet" if (pixels[:, 1] > 200).mean() > 0.5 else "person")
+        # look-alikes never cover the original target
+        assert (m == 1).sum() == (mask == 1).sum()
+    assert switched and kept  # both outcomes occur
+
+
 def test_perturbed_mask_is_a_probability_map():
     gt = np.zeros((64, 64), bool)
     gt[10:50, 10:50] = True

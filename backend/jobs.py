@@ -80,6 +80,12 @@ def reply_early(outcome: Outcome) -> Outcome:
     return outcome
 
 
+def ping(_spec: object = None) -> Outcome:
+    """A job that does nothing: its round trip (enqueue -> worker -> reply) is the queue's
+    own cost, which `benchmarks/click_latency.py` reports as part of the floor."""
+    return reply_early(Outcome(200, "{}"))
+
+
 @dataclass(frozen=True)
 class ClickJob:
     image_ref: str

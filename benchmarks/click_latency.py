@@ -15,7 +15,10 @@ Both paths wait `--gap-ms` between clicks (an annotator clicks a few times a sec
 most), so each click is measured on an otherwise idle service, as an annotator meets
 it; what the web process does after answering (the label store's click records) then
 runs between clicks, as it does in use. `--gap-ms 0` fires clicks back to back.
-Prints p50/p95 of both and the overhead ratio (service / direct).
+Prints p50/p95 of both and the overhead ratio (service / direct), and the floor under
+any such service on this machine, measured on the same processes with the same pacing: an
+empty HTTP request (`GET /health`) plus a job that does nothing (`jobs.ping`) through the
+same queue and worker, with the same early reply.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import redis
 import requests
 from PIL import Image
 
+from squeezesam.backend.dispatch import Dispatcher
 from squeezesam.backend.images import decode
-from squeezesam.backend.jobs import segment
+from squeezesam.backend.jobs import ping, segment
 from squeezesam.backend.labelstudio import (
     ClickPrompt,
     brush_result,
@@ -91,7 +95,8 @@ def direct(model: Path, threads: int, images: list[Path], points, gap: float) ->
 
 def through_service(
     model: Path, threads: int, images: list[Path], points, gap: float
-) -> list[float]:
+) -> tuple[list[float], list[float], list[float]]:
+    """-> (click times, empty-request times, no-op job times), in ms."""
     root = images[0].parent.parent.parent
     files = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0),
@@ -136,7 +141,11 @@ def through_service(
             response = session.post(url, json=body, timeout=60)
             times.append((time.perf_counter() - t0) * 1000)
             response.raise_for_status()
-        return times
+        return (
+            times,
+            _floor_http(session, port, len(points), gap),
+            _floor_queue(connection, settings, len(points), gap),
+        )
     finally:
         for child in (web, worker):
             child.terminate()
@@ -144,6 +153,29 @@ def through_service(
         server.close()
         files.shutdown()
         data_dir.cleanup()
+
+
+def _floor_http(session: requests.Session, port: int, n: int, gap: float) -> list[float]:
+    times = []
+    for _ in range(n):
+        time.sleep(gap)
+        t0 = time.perf_counter()
+        session.get(f"http://127.0.0.1:{port}/health", timeout=10).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def _floor_queue(connection: redis.Redis, settings: Settings, n: int, gap: float) -> list[float]:
+    dispatcher = Dispatcher(connection, settings)
+    times = []
+    for _ in range(n):
+        time.sleep(gap)
+        t0 = time.perf_counter()
+        outcome = dispatcher.run("interactive", ping, None, 10)
+        times.append((time.perf_counter() - t0) * 1000)
+        if outcome.status != 200:
+            raise RuntimeError(f"no-op job failed: {outcome.error}")
+    return times
 
 
 def _free_port() -> int:
@@ -191,11 +223,17 @@ def main() -> None:
     print(f"model {args.model} ({version}), {args.clicks} clicks on {len(images)} images, "
           f"{threads} threads, {args.gap_ms:g} ms between clicks")  # fmt: skip
     base = direct(args.model, threads, images, points, args.gap_ms / 1000)
-    served = through_service(args.model, threads, images, points, args.gap_ms / 1000)
+    served, http_floor, queue_floor = through_service(
+        args.model, threads, images, points, args.gap_ms / 1000
+    )
     (b50, b95), (s50, s95) = percentiles(base), percentiles(served)
+    (h50, _), (q50, _) = percentiles(http_floor), percentiles(queue_floor)
     print(f"direct  (model + clean + RLE): p50 {b50:7.1f} ms   p95 {b95:7.1f} ms")
     print(f"service (HTTP + queue + worker): p50 {s50:7.1f} ms   p95 {s95:7.1f} ms")
     print(f"overhead ratio service/direct: p50 {s50 / b50:.3f}   p95 {s95 / b95:.3f}")
+    print(f"overhead: p50 {s50 - b50:.1f} ms; floor: empty request p50 {h50:.1f} ms + "
+          f"no-op job p50 {q50:.1f} ms = {h50 + q50:.1f} ms "
+          f"(ratio (direct + floor)/direct {(b50 + h50 + q50) / b50:.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,3 +41,11 @@ def test_an_error_outcome_round_trips_through_the_reply_fields():
     outcome = Outcome(422, error="the image is corrupt: cannot identify image file")
     fields = {k.encode(): v.encode() for k, v in outcome.to_fields().items()}
     assert Outcome.from_fields(fields) == outcome
+
+
+def test_a_no_op_job_round_trips_through_a_real_worker(settings, workers):
+    """`jobs.ping` (the benchmark's queue floor) runs on an interactive worker and its
+    early reply reaches the waiting caller; it is rq's own path, with no model work."""
+    dispatcher = Dispatcher(redis.Redis.from_url(settings.redis_url), settings)
+    outcome = dispatcher.run("interactive", jobs.ping, None, 30)
+    assert outcome == Outcome(200, "{}")

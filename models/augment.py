@@ -32,6 +32,9 @@ ROLLOUT_P = 0.5
 # people/pets pasted beside it), the clicked one chosen at random among them: most sets
 # hold one salient object per photo, so without these a click need not say *which* one.
 INSTANCES_P = 0.3
+# How far a crop's centre strays from its target, in window sizes.
+SALIENCY_JITTER = 0.25
+CLICK_JITTER = 0.5
 
 
 @dataclass
@@ -116,9 +119,15 @@ def paste(
 
 
 def scale_and_crop(
-    image: np.ndarray, mask: np.ndarray, focus: np.ndarray, size: int, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    focus: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    jitter: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale (long side in [size, 2.25 size]) and crop a size x size window around `focus`."""
+    """Rescale (long side in [size, 2.25 size]) and crop a size x size window around `focus`,
+    its centre moved by up to `jitter` window sizes."""
     h, w = mask.shape
     scale = rng.uniform(size, 2.25 * size) / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -129,9 +138,8 @@ def scale_and_crop(
     focus = cv2.resize(focus.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
     ys, xs = np.nonzero(focus)
     cy, cx = (ys.mean(), xs.mean()) if len(ys) else (nh / 2, nw / 2)
-    # Saliency crop: centre near the focus, jittered by a quarter window.
-    cy += rng.uniform(-0.25, 0.25) * size
-    cx += rng.uniform(-0.25, 0.25) * size
+    cy += rng.uniform(-jitter, jitter) * size
+    cx += rng.uniform(-jitter, jitter) * size
     y0 = int(np.clip(cy - size / 2, 0, max(0, nh - size)))
     x0 = int(np.clip(cx - size / 2, 0, max(0, nw - size)))
     out_img = np.zeros((size, size, 3), np.uint8)
@@ -293,7 +301,10 @@ class ExampleMaker:
                     paste(image, mask, self.loaded[di], dk, next_index, rng)
             cls = CLASS_INDEX[label]
         focus = np.isin(mask, list(targets))
-        image, mask = scale_and_crop(image, mask, focus, self.size, rng)
+        # Zero-click: a saliency crop (centre near the objects). Click examples: the target
+        # anywhere in the window, so the click, not a centre prior, says which object.
+        jitter = SALIENCY_JITTER if zero_click else CLICK_JITTER
+        image, mask = scale_and_crop(image, mask, focus, self.size, rng, jitter)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1].copy(), mask[:, ::-1].copy()
         image = color_jitter(image, rng)

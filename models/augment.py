@@ -3,11 +3,15 @@
 One example is (network input, target, valid-pixel weight, class). Augmentations
 follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
 - mask merging: a person and the small objects they touch become one target;
-- saliency crops: the crop window is placed around the target;
+- saliency crops: the crop window is placed around the targets (zero-click examples);
+  click examples place it anywhere around the target, so no centre prior stands in for
+  the click;
 - outlier injection: a distractor object pasted elsewhere stays background;
 - copy-paste scenes (Ghiasi et al., CVPR 2021): people/pets pasted into other photos,
   each its own object, hiding what is behind them (zero-click scenes, and occluders in
   front of a clicked object, so a click learns to mean one instance);
+- look-alike instances: copies of the clicked object (or other people/pets) pasted
+  beside it, the target chosen among them, so a click must say which one it means;
 - flips, scale, colour jitter, blur.
 Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks; each
 example also keeps its crop, first click and void so `train.rollout` can replace those
@@ -124,7 +128,7 @@ def scale_and_crop(
     focus: np.ndarray,
     size: int,
     rng: np.random.Generator,
-    jitter: float = 0.25,
+    jitter: float = SALIENCY_JITTER,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rescale (long side in [size, 2.25 size]) and crop a size x size window around `focus`,
     its centre moved by up to `jitter` window sizes."""

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -155,27 +156,31 @@ def through_service(
         data_dir.cleanup()
 
 
-def _floor_http(session: requests.Session, port: int, n: int, gap: float) -> list[float]:
+def _paced_ms(n: int, gap: float, call: Callable[[], object]) -> list[float]:
+    """Time `call` n times, `gap` seconds apart (as the clicks are paced), in ms."""
     times = []
     for _ in range(n):
         time.sleep(gap)
         t0 = time.perf_counter()
-        session.get(f"http://127.0.0.1:{port}/health", timeout=10).raise_for_status()
+        call()
         times.append((time.perf_counter() - t0) * 1000)
     return times
+
+
+def _floor_http(session: requests.Session, port: int, n: int, gap: float) -> list[float]:
+    url = f"http://127.0.0.1:{port}/health"
+    return _paced_ms(n, gap, lambda: session.get(url, timeout=10).raise_for_status())
 
 
 def _floor_queue(connection: redis.Redis, settings: Settings, n: int, gap: float) -> list[float]:
     dispatcher = Dispatcher(connection, settings)
-    times = []
-    for _ in range(n):
-        time.sleep(gap)
-        t0 = time.perf_counter()
+
+    def no_op_job() -> None:
         outcome = dispatcher.run("interactive", ping, None, 10)
-        times.append((time.perf_counter() - t0) * 1000)
         if outcome.status != 200:
             raise RuntimeError(f"no-op job failed: {outcome.error}")
-    return times
+
+    return _paced_ms(n, gap, no_op_job)
 
 
 def _free_port() -> int:

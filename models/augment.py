@@ -244,13 +244,13 @@ class ExampleMaker:
         Returns (targets, the target's label, next free index)."""
         s = self.loaded[index]
         labels: dict[int, str] = {}
+        avoid = np.isin(mask, list(targets))  # fixed: pastes never cover the target
         for _ in range(int(rng.integers(1, 4))):
             if not self.people_pets or rng.random() < 0.5:
                 donor, key = s, main
             else:
                 di, key = self.people_pets[int(rng.integers(len(self.people_pets)))]
                 donor = self.loaded[di]
-            avoid = np.isin(mask, list(targets))
             if paste(image, mask, donor, key, next_index, rng, avoid=avoid):
                 labels[next_index] = donor.labels[key]
                 next_index += 1

@@ -13,7 +13,7 @@ from squeezesam.backend.cli import build_parser
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
 
-from .conftest import LEGACY_TOKEN, click_body, keypoint, upload_ref
+from .conftest import LEGACY_TOKEN, click_body, free_port, keypoint, upload_ref
 
 
 def test_commands_are_registered_by_modules():
@@ -23,20 +23,12 @@ def test_commands_are_registered_by_modules():
     assert parser.parse_args(["worker", "--queues", "interactive,preannotate"]).func
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_alone_brings_up_redis_web_and_workers(
     model_path, fake_ls, label_config, sample_images, tmp_path
 ):
     """...and on SIGTERM stops cleanly: the web process exits normally, having written
     the click records its recorder still held (they are written after the answer)."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env |= {
         "SQUEEZESAM_DATA_DIR": str(tmp_path / "data"),
@@ -74,7 +66,7 @@ def test_serve_alone_brings_up_redis_web_and_workers(
 def test_web_stops_cleanly_on_sigterm(settings, tmp_path):
     """SIGTERM (serve's supervisor, docker stop) ends `squeezesam web` with exit code 0,
     not death by signal, so its exit handlers (the recorder's pending writes) run."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | settings.to_env() | {"SQUEEZESAM_DATA_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "squeezesam.backend.cli", "web", "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd + ["--port", str(port)], env=env)

@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,15 +31,9 @@ from squeezesam.backend import store_io
 from squeezesam.backend.app import create_app
 from squeezesam.backend.store import Store
 
-from .conftest import CAPTURES, click_body, keypoint, upload_ref
+from .conftest import CAPTURES, click_body, free_port, keypoint, upload_ref
 
 # --- `squeezesam serve` as a subprocess (shared with test_secrets_in_logs.py) -------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pid: int) -> list[tuple[int, str]]:

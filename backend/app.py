@@ -89,6 +89,14 @@ def create_app(settings: Settings | None = None) -> Flask:
                     state["store"] = opened
         return state["store"]
 
+    def store_or_none() -> Store | None:
+        """The store for background writes, which never fail an answer: None when it
+        cannot be opened (store() has logged why)."""
+        try:
+            return store()
+        except ServiceError:
+            return None
+
     def open_store_early() -> None:
         """Label Studio gives a webhook 1 s: the first one must not pay for opening the
         store (engine, create_all, column checks, first queries). A failure here is
@@ -210,10 +218,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         def write() -> None:
             item = json.loads(answer)
-            try:
-                opened = store()
-            except ServiceError:
-                return  # logged by store()
+            opened = store_or_none()
+            if opened is None:
+                return
             if points:
                 try:
                     opened.record_clicks(project, int(task_id), points,
@@ -245,10 +252,9 @@ def create_app(settings: Settings | None = None) -> Flask:
             return
 
         def write() -> None:
-            try:
-                opened = store()
-            except ServiceError:
-                return  # logged by store()
+            opened = store_or_none()
+            if opened is None:
+                return
             for task_id, item in served:
                 collect.record_served(opened, task_id, item, kind)
 

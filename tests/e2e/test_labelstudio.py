@@ -46,19 +46,25 @@ def shared_data() -> Path:
 def pick_images(per_label: int = 2) -> list[dict]:
     """Person and pet images with one clear object each, discovered by walking the sets.
 
-    A set is any folder holding images/, masks/ and objects.csv. An image qualifies when
-    its only object is a person or a pet covering 8-60 % of it; the images come from
-    as many different sets as possible.
+    A set is any folder holding images/, masks/, objects.csv and split.csv. An image
+    qualifies when it is in the set's held-out `val` split (the product is checked on
+    photos the model never trained on, as `squeezesam eval` does) and its only object
+    is a person or a pet covering 8-60 % of it; the images come from as many different
+    sets as possible.
     """
     candidates: dict[str, list[dict]] = {"person": [], "pet": []}
     for objects_csv in sorted(shared_data().rglob("objects.csv")):
         root = objects_csv.parent
-        if not (root / "images").is_dir() or not (root / "masks").is_dir():
+        split_csv = root / "split.csv"
+        if not all(p.exists() for p in (root / "images", root / "masks", split_csv)):
             continue
+        with split_csv.open() as f:
+            held_out = {row["image"] for row in csv.DictReader(f) if row["split"] == "val"}
         rows: dict[str, list[dict]] = {}
         with objects_csv.open() as f:
             for row in csv.DictReader(f):
-                rows.setdefault(row["image"], []).append(row)
+                if row["image"] in held_out:
+                    rows.setdefault(row["image"], []).append(row)
         taken = {"person": 0, "pet": 0}
         for image_id, objs in sorted(rows.items()):
             if len(objs) != 1 or objs[0]["label"] not in candidates:

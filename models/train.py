@@ -27,9 +27,9 @@ from .network import SqueezeSAM, build_model
 from .predictor import WEIGHTS_DIR, letterbox, letterbox_mask
 
 CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
-# Class CE weight. 0.2 until s20700, whose pet/other margin on COCO dogs was thin
-# (a train-set dog at 0.31 pet); 0.5 gives the class head more pull without the
-# mask loss (~0.2) being swamped by it (class CE sits near 0.05-0.15 once trained).
+# Class CE weight (base training and fine-tuning share train_step). 0.2 up to s20700,
+# whose COCO labels slipped (label_accuracy coco128 0.84 -> 0.80); runs from s20700 at
+# 0.5 got them back (0.84-0.87, MODEL_CARD) while the mask loss still dominates.
 CLASS_LOSS_WEIGHT = 0.5
 log = logging.getLogger("squeezesam.train")
 

@@ -12,6 +12,8 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
   front of a clicked object, so a click learns to mean one instance);
 - look-alike instances: copies of the clicked object (or other people/pets) pasted
   beside it, the target chosen among them, so a click must say which one it means;
+- over-merge corrections: a previous mask holding the target and a neighbour, with a
+  negative click on the neighbour (the merge above is a default, never a must);
 - flips, scale, colour jitter, blur.
 Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks; each
 example also keeps its crop, first click and void so `train.rollout` can replace those
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .clicks import Click, encode_prompt, next_click, random_click_inside
+from .clicks import Click, encode_prompt, interior_point, next_click, random_click_inside
 from .data import CLASS_INDEX, VOID, Sample, salient_objects
 
 # Share of click examples whose later clicks come from no-grad rollouts (train.rollout)
@@ -39,6 +41,12 @@ INSTANCES_P = 0.3
 # How far a crop's centre strays from its target, in window sizes.
 SALIENCY_JITTER = 0.25
 CLICK_JITTER = 0.5
+# Share of click examples (with another object in the crop) whose synthetic previous mask
+# wrongly holds that object too, so the clicker's next click is a negative one on it.
+# s20700 ignored such clicks in COCO scenes (an umbrella click gave umbrella + person, and
+# 19 negative clicks on the person changed nothing): its synthetic errors were only blobs,
+# and rollouts seldom over-merge on the photos the network has fitted.
+OVERMERGE_P = 0.35
 
 
 @dataclass
@@ -71,6 +79,7 @@ class Example:
     zero_click: bool
     image: np.ndarray | None = None  # uint8 crop the input was encoded from (rollouts)
     first: Click | None = None  # the first simulated click (rollouts restart from it)
+    keep_clicks: bool = False  # over-merge corrections: a rollout must not replace them
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -177,16 +186,31 @@ def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def simulate_clicks(
-    target: np.ndarray, void: np.ndarray, rng: np.random.Generator
+    target: np.ndarray,
+    void: np.ndarray,
+    rng: np.random.Generator,
+    merged: np.ndarray | None = None,
 ) -> tuple[list[Click], np.ndarray | None]:
-    """First click anywhere inside (parts too); sometimes more clicks on a previous mask."""
+    """First click anywhere inside (parts too); sometimes more clicks on a previous mask.
+
+    With `merged` (another object's pixels), the previous mask is the target *and* that
+    object, so the corrective clicks say "not this one" (negative, on the other object).
+    """
     first = random_click_inside(target, rng, min_border=2.0)
     clicks = [first] if first is not None else []
     n_more = int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))
+    if merged is not None:
+        n_more = max(1, n_more)
     if n_more == 0 or not clicks:
         return clicks, None
     prev = perturb_mask(target, rng)
     prev_bin = prev > 0.5
+    if merged is not None:  # the other object whole in the mask, and a "no" on it first
+        prev = np.maximum(prev, merged.astype(np.float32))
+        point = interior_point(merged & ~target)
+        if point is not None:
+            clicks.append(Click(point[0], point[1], False))
+            n_more -= 1
     # Earlier clicks: centres of error components of the previous mask...
     for _ in range(n_more - 1):
         c = next_click(prev_bin, target, void)
@@ -198,7 +222,7 @@ def simulate_clicks(
         err = (prev_bin != target).astype(np.uint8)
         _, comp = cv2.connectedComponents(err)
         prev_bin = np.where(comp == comp[y, x], target, prev_bin)
-    last = next_click(prev_bin, target, void)
+    last = next_click(prev_bin, target, void) if n_more > 0 else None
     if last is not None:
         clicks.append(last)
     return clicks, (prev if rng.random() < 0.8 else None)
@@ -314,13 +338,23 @@ class ExampleMaker:
         image = color_jitter(image, rng)
         target = np.isin(mask, list(targets))
         void = mask == VOID
+        merged = None
         if not zero_click:
             if target.sum() < 16:
                 return None
-            clicks, prev = simulate_clicks(target, void, rng)
+            others = [
+                k
+                for k, n in zip(*np.unique(mask[~target], return_counts=True), strict=True)
+                if k not in (0, VOID) and n >= 64
+            ]
+            if others and rng.random() < OVERMERGE_P:
+                merged = mask == others[int(rng.integers(len(others)))]
+            clicks, prev = simulate_clicks(target, void, rng, merged)
         else:
             clicks, prev = [], None
         x = encode_prompt(image, clicks, prev)
         first = clicks[0] if clicks else None
         weight = (~void).astype(np.float32)
-        return Example(x, target.astype(np.float32), weight, cls, zero_click, image, first)
+        return Example(
+            x, target.astype(np.float32), weight, cls, zero_click, image, first, merged is not None
+        )

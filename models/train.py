@@ -146,7 +146,8 @@ def rollout(
     network makes rather than on perturbed ground truth. Returns examples rolled out."""
     chosen = [
         e for e in examples
-        if not e.zero_click and e.image is not None and e.first is not None and rng.random() < p
+        if not e.zero_click and not e.keep_clicks and e.image is not None
+        and e.first is not None and rng.random() < p
     ]  # fmt: skip
     if not chosen:
         return 0

@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from squeezesam.models.data import discover_sets, load_set, write_set
-from squeezesam.models.evaluate import noc
+from squeezesam.models.evaluate import bootstrap_ci, noc
 
 KEYS = {
     "images",
@@ -18,6 +19,7 @@ KEYS = {
     "noc85",
     "noc90",
     "failures90",
+    "noc90_ci95",
     "ms_per_click",
 }
 
@@ -60,6 +62,8 @@ def test_eval_cli_prints_every_figure(tiny_set, shipped_model):
     assert KEYS <= set(out)
     assert out["images"] == 2 and out["objects"] >= 2
     assert 0 <= out["miou_1click"] <= 1 and 1 <= out["noc90"] <= 5
+    low, high = out["noc90_ci95"]
+    assert low <= out["noc90"] <= high
     if (tiny_set / "parts").is_dir() and any((tiny_set / "parts").iterdir()):
         assert 0 <= out["part_click_miou"] <= 1
 
@@ -76,3 +80,25 @@ def test_eval_on_a_missing_folder_is_a_cli_error(tmp_path):
     assert r.returncode != 0 and "does not exist" in r.stderr
     r = run_eval("--data", str(tmp_path), "--json")
     assert r.returncode != 0 and "no image set" in r.stderr
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+    few = rng.integers(1, 21, 20).astype(float)
+    low, high = bootstrap_ci(list(few), list(range(20)))
+    assert low < few.mean() < high
+    many = np.tile(few, 10)  # the same spread over 10x as many images
+    low2, high2 = bootstrap_ci(list(many), list(range(200)))
+    assert high2 - low2 < (high - low) / 2
+    assert bootstrap_ci(list(few), list(range(20))) == (low, high)  # seeded
+
+
+def test_bootstrap_draws_images_not_objects():
+    # one image with 10 failed objects, ten images with one easy object each: resampled
+    # as images the failing photo comes in or out whole, so the interval is wide
+    values = [20.0] * 10 + [1.0] * 10
+    by_image = [0] * 10 + list(range(1, 11))
+    by_object = list(range(20))
+    low_i, high_i = bootstrap_ci(values, by_image)
+    low_o, high_o = bootstrap_ci(values, by_object)
+    assert high_i - low_i > high_o - low_o

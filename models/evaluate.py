@@ -141,8 +141,8 @@ def bootstrap_ci(
 
     Objects of one photo are not independent (one hard scene fails all its objects), so
     the images are the unit drawn with replacement. The val splits are small (5 to 168
-    images): two checkpoints whose figures both lie inside each other's interval differ
-    by no more than a new draw of images would.
+    images): a difference between two checkpoints well inside this interval is no larger
+    than another draw of val images could make.
     """
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
     sums = np.bincount(inverse, weights=np.asarray(values, dtype=float))

@@ -143,7 +143,8 @@ def rollout(
     1..`max_iters` times without gradients from the first click, each time adding the
     clicker's next click on the network's own errors and feeding its binary mask back,
     exactly as evaluation and serving do. Teaches corrective clicks on the errors this
-    network makes rather than on perturbed ground truth. Returns examples rolled out."""
+    network makes rather than on perturbed ground truth. Over-merge corrections
+    (`Example.keep_clicks`) keep their synthetic clicks. Returns examples rolled out."""
     chosen = [
         e for e in examples
         if not e.zero_click and not e.keep_clicks and e.image is not None

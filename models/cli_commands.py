@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--baseline", choices=["grabcut"], help="run a baseline through the same clicker"
     )
+    p.add_argument(
+        "--compare",
+        metavar="MODEL|grabcut",
+        help="a second model (or grabcut) on the same objects: paired NoC@90 difference",
+    )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--max-images", type=int, default=0, help="0 = all")

@@ -7,7 +7,9 @@ clicker (`clicks.Clicker`) places the first click at the object's most interior
 point and each next one at the centre of the largest error; the previous mask is
 fed back. IoU is measured at the set's stored resolution, void pixels ignored.
 NoC@t is the number of clicks to reach IoU t (max_clicks when never reached);
-`noc90_ci95` its 95 % interval over resampled images (`bootstrap_ci`).
+`noc90_ci95` its 95 % interval over resampled images (`stats.bootstrap_ci`). With
+`--compare MODEL|grabcut` the second segmenter clicks through the same objects and
+`compare` holds its figures and the paired differences (`stats.paired_difference`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from .clicks import Click, Clicker, interior_point, iou
 from .data import Sample, discover_sets, load_set, salient_objects
 from .predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
+from .stats import bootstrap_ci, paired_difference
 
 MIN_OBJECT_PIXELS = 100
 
@@ -132,25 +135,6 @@ def noc(curve: list[float], threshold: float, max_clicks: int) -> int:
 def miou_at(curves: list[list[float]], k: int) -> float:
     # A curve stops early once 0.90 is reached and past 3 clicks: carry the last value.
     return float(np.mean([c[min(k, len(c)) - 1] for c in curves])) if curves else 0.0
-
-
-def bootstrap_ci(
-    values: list[float], groups: list[int], resamples: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """95 % interval of the mean of `values`, resampling whole images (`groups`).
-
-    Objects of one photo are not independent (one hard scene fails all its objects), so
-    the images are the unit drawn with replacement. The val splits are small (5 to 168
-    images): a difference between two checkpoints well inside this interval is no larger
-    than another draw of val images could make.
-    """
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    sums = np.bincount(inverse, weights=np.asarray(values, dtype=float))
-    counts = np.bincount(inverse)
-    picks = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
-    means = sums[picks].sum(1) / counts[picks].sum(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def evaluate_object(
@@ -295,7 +279,10 @@ def evaluate(
     max_clicks: int = 20,
     part_clicks: bool = False,
     max_images: int = 0,
+    compare: Segmenter | None = None,
 ) -> dict:
+    """Figures of `seg`; with `compare`, also that segmenter on the same objects and the
+    paired difference (`compare` minus `seg`) of NoC@90 and 1-click IoU."""
     sets = discover_sets(data)
     if not sets:
         raise ValueError(f"no image set (images/, masks/, objects.csv) under {data}")
@@ -303,7 +290,18 @@ def evaluate(
     if max_images:
         samples = samples[:max_images]
     res = evaluate_samples(seg, samples, max_clicks, part_clicks)
-    return summarise(res, max_clicks, seg.name, str(data), split)
+    out = summarise(res, max_clicks, seg.name, str(data), split)
+    if compare is not None and res.ious:
+        other = evaluate_samples(compare, samples, max_clicks, part_clicks)
+        figures = summarise(other, max_clicks, compare.name, str(data), split)
+        nocs = [[noc(c, 0.90, max_clicks) for c in r.ious] for r in (res, other)]
+        ones = [[c[0] for c in r.ious] for r in (res, other)]
+        figures["noc90_paired"] = paired_difference(*nocs, res.image_of)
+        figures["miou_1click_paired"] = paired_difference(
+            *ones, res.image_of, lower_is_better=False
+        )
+        out["compare"] = figures
+    return out
 
 
 def main_args(args) -> None:  # called by the CLI
@@ -319,6 +317,19 @@ def main_args(args) -> None:  # called by the CLI
         seg = OnnxSegmenter(
             model, args.threads, args.saliency_size or None, not args.no_previous_mask
         )
+    compare = None
+    if args.compare:
+        if args.compare == "grabcut":
+            compare = GrabCutSegmenter()
+        elif not Path(args.compare).is_file():
+            raise SystemExit(f"squeezesam eval: --compare model file {args.compare} not found")
+        else:
+            compare = OnnxSegmenter(
+                Path(args.compare),
+                args.threads,
+                args.saliency_size or None,
+                not args.no_previous_mask,
+            )
     folders = discover_sets(data) if args.per_set else [data]
     if not folders:
         raise SystemExit(
@@ -328,7 +339,13 @@ def main_args(args) -> None:  # called by the CLI
     for folder in folders:
         try:
             out = evaluate(
-                seg, folder, args.split, args.max_clicks, args.part_clicks, args.max_images
+                seg,
+                folder,
+                args.split,
+                args.max_clicks,
+                args.part_clicks,
+                args.max_images,
+                compare,
             )
         except ValueError as exc:
             raise SystemExit(f"squeezesam eval: {exc}") from exc

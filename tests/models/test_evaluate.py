@@ -4,11 +4,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from squeezesam.models.data import discover_sets, load_set, write_set
-from squeezesam.models.evaluate import bootstrap_ci, noc
+from squeezesam.models.evaluate import noc
 
 KEYS = {
     "images",
@@ -82,23 +81,22 @@ def test_eval_on_a_missing_folder_is_a_cli_error(tmp_path):
     assert r.returncode != 0 and "no image set" in r.stderr
 
 
-def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_images():
-    rng = np.random.default_rng(0)
-    few = rng.integers(1, 21, 20).astype(float)
-    low, high = bootstrap_ci(list(few), list(range(20)))
-    assert low < few.mean() < high
-    many = np.tile(few, 10)  # the same spread over 10x as many images
-    low2, high2 = bootstrap_ci(list(many), list(range(200)))
-    assert high2 - low2 < (high - low) / 2
-    assert bootstrap_ci(list(few), list(range(20))) == (low, high)  # seeded
+def test_compare_runs_a_second_model_on_the_same_objects(tiny_set, shipped_model):
+    r = run_eval(
+        "--data", str(tiny_set), "--model", str(shipped_model), "--compare", str(shipped_model),
+        "--max-clicks", "3", "--threads", "1", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    other = out["compare"]
+    assert other["objects"] == out["objects"] and other["noc90"] == out["noc90"]
+    paired = other["noc90_paired"]
+    # the same deterministic model against itself: no object moves, no verdict
+    assert paired["diff"] == 0 and paired["diff_ci95"] == [0, 0]
+    assert paired["verdict"] == "no clear difference"
+    assert paired["objects_better"] == paired["objects_worse"] == 0
 
 
-def test_bootstrap_draws_images_not_objects():
-    # one image with 10 failed objects, ten images with one easy object each: resampled
-    # as images the failing photo comes in or out whole, so the interval is wide
-    values = [20.0] * 10 + [1.0] * 10
-    by_image = [0] * 10 + list(range(1, 11))
-    by_object = list(range(20))
-    low_i, high_i = bootstrap_ci(values, by_image)
-    low_o, high_o = bootstrap_ci(values, by_object)
-    assert high_i - low_i > high_o - low_o
+def test_compare_with_a_missing_model_is_a_cli_error(tiny_set, tmp_path):
+    r = run_eval("--data", str(tiny_set), "--compare", str(tmp_path / "nope.onnx"))
+    assert r.returncode != 0 and "--compare model file" in r.stderr

@@ -47,6 +47,9 @@ def test_finetune_writes_a_loadable_candidate_and_the_gate_decides(
     assert isinstance(decision, GateDecision)
     assert set(decision.candidate) == {"heldout", "guard"}
     assert decision.reason
+    paired = decision.candidate["heldout"]["noc90_paired"]
+    n_objects = decision.candidate["heldout"]["objects"]
+    assert paired["objects_better"] + paired["objects_worse"] <= n_objects
 
 
 def test_gate_refuses_without_heldout_labels(shipped_model):
@@ -58,3 +61,6 @@ def test_gate_does_not_promote_an_identical_model(shipped_model, project):
     heldout = [s for s in load_set(project) if s.split == "val"]
     decision = gate(shipped_model, shipped_model, heldout, [], max_clicks=3)
     assert not decision.promote  # equal is not better
+    # the record says how sure the held-out split is: the same model moves no object
+    paired = decision.candidate["heldout"]["noc90_paired"]
+    assert paired["diff"] == 0 and paired["verdict"] == "no clear difference"

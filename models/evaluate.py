@@ -132,6 +132,11 @@ def noc(curve: list[float], threshold: float, max_clicks: int) -> int:
     return max_clicks
 
 
+def object_nocs(curves: list[list[float]], max_clicks: int, threshold: float = 0.90) -> list[int]:
+    """NoC@threshold of each object: what the mean, its interval and pairings are built on."""
+    return [noc(c, threshold, max_clicks) for c in curves]
+
+
 def miou_at(curves: list[list[float]], k: int) -> float:
     # A curve stops early once 0.90 is reached and past 3 clicks: carry the last value.
     return float(np.mean([c[min(k, len(c)) - 1] for c in curves])) if curves else 0.0
@@ -212,6 +217,7 @@ def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res
 
 def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -> dict:
     curves = res.ious
+    nocs90 = object_nocs(curves, max_clicks)
     out = {
         "model": name,
         "data": data,
@@ -223,17 +229,10 @@ def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -
         "noc85": round(float(np.mean([noc(c, 0.85, max_clicks) for c in curves])), 3)
         if curves
         else None,
-        "noc90": round(float(np.mean([noc(c, 0.90, max_clicks) for c in curves])), 3)
-        if curves
-        else None,
-        "noc90_ci95": [
-            round(v, 2)
-            for v in bootstrap_ci([noc(c, 0.90, max_clicks) for c in curves], res.image_of)
-        ]
-        if curves
-        else None,
+        "noc90": round(float(np.mean(nocs90)), 3) if curves else None,
+        "noc90_ci95": [round(v, 2) for v in bootstrap_ci(nocs90, res.image_of)] if curves else None,
         "failures90": int(
-            sum(noc(c, 0.90, max_clicks) == max_clicks and max(c) < 0.90 for c in curves)
+            sum(n == max_clicks and max(c) < 0.90 for n, c in zip(nocs90, curves, strict=True))
         ),
         "ms_per_click": round(1000 * float(np.mean(res.seconds)), 2) if res.seconds else None,
     }
@@ -243,9 +242,7 @@ def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -
         if picked:
             out[f"objects_{label}"] = len(picked)
             out[f"miou_1click_{label}"] = round(miou_at(picked, 1), 4)
-            out[f"noc90_{label}"] = round(
-                float(np.mean([noc(c, 0.90, max_clicks) for c in picked])), 3
-            )
+            out[f"noc90_{label}"] = round(float(np.mean(object_nocs(picked, max_clicks))), 3)
     out["miou_0click"] = round(float(np.mean(res.zero_ious)), 4) if res.zero_ious else None
     if res.zero_found:
         out["recall_0click_people_pets"] = round(float(np.mean(res.zero_found)), 4)
@@ -294,7 +291,7 @@ def evaluate(
     if compare is not None and res.ious:
         other = evaluate_samples(compare, samples, max_clicks, part_clicks)
         figures = summarise(other, max_clicks, compare.name, str(data), split)
-        nocs = [[noc(c, 0.90, max_clicks) for c in r.ious] for r in (res, other)]
+        nocs = [object_nocs(r.ious, max_clicks) for r in (res, other)]
         ones = [[c[0] for c in r.ious] for r in (res, other)]
         figures["noc90_paired"] = paired_difference(*nocs, res.image_of)
         figures["miou_1click_paired"] = paired_difference(
@@ -302,6 +299,11 @@ def evaluate(
         )
         out["compare"] = figures
     return out
+
+
+def onnx_segmenter(model: Path, args) -> OnnxSegmenter:
+    """A model under evaluation, with the command line's inference options."""
+    return OnnxSegmenter(model, args.threads, args.saliency_size or None, not args.no_previous_mask)
 
 
 def main_args(args) -> None:  # called by the CLI
@@ -314,9 +316,7 @@ def main_args(args) -> None:  # called by the CLI
         model = Path(args.model) if args.model else DEFAULT_MODEL_PATH
         if not model.is_file():
             raise SystemExit(f"squeezesam eval: model file {model} not found")
-        seg = OnnxSegmenter(
-            model, args.threads, args.saliency_size or None, not args.no_previous_mask
-        )
+        seg = onnx_segmenter(model, args)
     compare = None
     if args.compare:
         if args.compare == "grabcut":
@@ -324,12 +324,7 @@ def main_args(args) -> None:  # called by the CLI
         elif not Path(args.compare).is_file():
             raise SystemExit(f"squeezesam eval: --compare model file {args.compare} not found")
         else:
-            compare = OnnxSegmenter(
-                Path(args.compare),
-                args.threads,
-                args.saliency_size or None,
-                not args.no_previous_mask,
-            )
+            compare = onnx_segmenter(Path(args.compare), args)
     folders = discover_sets(data) if args.per_set else [data]
     if not folders:
         raise SystemExit(

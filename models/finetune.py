@@ -22,7 +22,7 @@ import torch
 
 from .augment import ROLLOUT_P, ExampleMaker, Loaded
 from .data import Sample, discover_sets, load_samples, load_set
-from .evaluate import OnnxSegmenter, evaluate_samples, noc, summarise
+from .evaluate import OnnxSegmenter, evaluate_samples, object_nocs, summarise
 from .export import export_checkpoint
 from .stats import paired_difference
 from .train import cosine_lr, draw_batch, load_checkpoint, rollout, save_checkpoint, train_step
@@ -141,7 +141,7 @@ def _score(
     """-> (figures, NoC@90 of each object, image of each object): the last two pair runs."""
     seg = OnnxSegmenter(model, threads=None)
     res = evaluate_samples(seg, samples, max_clicks, desc=name)
-    nocs = [noc(c, 0.90, max_clicks) for c in res.ious]
+    nocs = object_nocs(res.ious, max_clicks)
     return summarise(res, max_clicks, seg.name, name, "val"), nocs, res.image_of
 
 

@@ -11,7 +11,6 @@ Run: `tests/e2e/install_labelstudio.sh && pytest -m e2e tests/e2e`.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from squeezesam.models.data import discover_sets, load_set
 
 from .conftest import LS_PASSWORD, LS_USER, REPO, Backend, LabelStudio
 
@@ -46,39 +47,27 @@ def shared_data() -> Path:
 def pick_images(per_label: int = 2) -> list[dict]:
     """Person and pet images with one clear object each, discovered by walking the sets.
 
-    A set is any folder holding images/, masks/, objects.csv and split.csv. An image
-    qualifies when it is in the set's held-out `val` split (the product is checked on
-    photos the model never trained on, as `squeezesam eval` does) and its only object
+    Sets and splits are read by `models.data`, the loader training and evaluation use. An
+    image qualifies when it is in the set's held-out `val` split (the product is checked
+    on photos the model never trained on, as `squeezesam eval` does) and its only object
     is a person or a pet covering 8-60 % of it; the images come from as many different
     sets as possible.
     """
     candidates: dict[str, list[dict]] = {"person": [], "pet": []}
-    for objects_csv in sorted(shared_data().rglob("objects.csv")):
-        root = objects_csv.parent
-        split_csv = root / "split.csv"
-        if not all(p.exists() for p in (root / "images", root / "masks", split_csv)):
-            continue
-        with split_csv.open() as f:
-            held_out = {row["image"] for row in csv.DictReader(f) if row["split"] == "val"}
-        rows: dict[str, list[dict]] = {}
-        with objects_csv.open() as f:
-            for row in csv.DictReader(f):
-                if row["image"] in held_out:
-                    rows.setdefault(row["image"], []).append(row)
+    for folder in discover_sets(shared_data()):
         taken = {"person": 0, "pet": 0}
-        for image_id, objs in sorted(rows.items()):
-            if len(objs) != 1 or objs[0]["label"] not in candidates:
+        for sample in load_set(folder):  # image-id order; no split.csv: all "train"
+            if sample.split != "val" or len(sample.objects) != 1:
                 continue
-            label = objs[0]["label"]
-            if taken[label] >= per_label:
+            label = sample.objects[0].label
+            if label not in candidates or taken[label] >= per_label:
                 continue
-            image, mask = root / "images" / f"{image_id}.jpg", root / "masks" / f"{image_id}.png"
-            if not image.is_file() or not mask.is_file():
-                continue
-            obj = np.asarray(Image.open(mask)) == int(objs[0]["object"])
+            obj = sample.load_mask() == sample.objects[0].index
             if not 0.08 <= obj.mean() <= 0.6:
                 continue
-            candidates[label].append({"image": image, "mask": obj, "label": LABELS[label]})
+            candidates[label].append(
+                {"image": sample.image_path, "mask": obj, "label": LABELS[label]}
+            )
             taken[label] += 1
     picked = []
     for label, items in candidates.items():

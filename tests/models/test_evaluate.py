@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from squeezesam.models.data import discover_sets, load_set, write_set
-from squeezesam.models.evaluate import noc
+from squeezesam.models.evaluate import by_area, noc
 
 KEYS = {
     "images",
@@ -43,6 +43,18 @@ def test_noc_counts_clicks_to_threshold():
     assert noc([0.5, 0.6], 0.90, 20) == 20
 
 
+def test_nocs_split_by_object_size_at_32_and_96_pixels_square():
+    nocs = [1, 20, 20, 3, 5]
+    curves = [[0.95], [0.5] * 20, [0.5] * 19 + [0.92], [0.8, 0.85, 0.92], [0.9]]
+    pixels = [100, 1023, 1024, 9215, 9216]
+    out = by_area(nocs, curves, pixels, 20)
+    assert out["small"] == {"objects": 2, "noc90": 10.5, "failures90": 1}
+    # 20 clicks but 0.90 reached on the last one: not a failure
+    assert out["medium"] == {"objects": 2, "noc90": 11.5, "failures90": 0}
+    assert out["large"] == {"objects": 1, "noc90": 5.0, "failures90": 0}
+    assert by_area([], [], [], 20) == {}
+
+
 def test_eval_cli_prints_every_figure(tiny_set, shipped_model):
     r = run_eval(
         "--data",
@@ -63,6 +75,7 @@ def test_eval_cli_prints_every_figure(tiny_set, shipped_model):
     assert 0 <= out["miou_1click"] <= 1 and 1 <= out["noc90"] <= 5
     low, high = out["noc90_ci95"]
     assert low <= out["noc90"] <= high
+    assert sum(b["objects"] for b in out["noc90_by_area"].values()) == out["objects"]
     if (tiny_set / "parts").is_dir() and any((tiny_set / "parts").iterdir()):
         assert 0 <= out["part_click_miou"] <= 1
 

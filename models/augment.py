@@ -22,12 +22,13 @@ with RITM's no-grad rollouts (clicks placed on the network's own errors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from .clicks import Click, encode_prompt, interior_point, next_click, random_click_inside
+from .click_simulation import multi_point_start, simulate_clicks
+from .clicks import Click, encode_prompt
 from .data import CLASS_INDEX, VOID, Sample, salient_objects
 
 # Share of click examples whose later clicks come from no-grad rollouts (train.rollout)
@@ -47,6 +48,9 @@ CLICK_JITTER = 0.5
 # 19 negative clicks on the person changed nothing): its synthetic errors were only blobs,
 # and rollouts seldom over-merge on the photos the network has fitted.
 OVERMERGE_P = 0.35
+# Share of the other click examples that start from several clicks at once, RITM's
+# multi-point sampling (click_simulation.multi_point_start).
+MULTI_POINT_P = 0.3
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Example:
     cls: int  # class index or -1
     zero_click: bool
     image: np.ndarray | None = None  # uint8 crop the input was encoded from (rollouts)
-    first: Click | None = None  # the first simulated click (rollouts restart from it)
+    start: list[Click] = field(default_factory=list)  # what a rollout starts from
     keep_clicks: bool = False  # over-merge corrections: a rollout must not replace them
 
 
@@ -161,71 +165,6 @@ def scale_and_crop(
     out_img[:ch, :cw] = image[y0 : y0 + ch, x0 : x0 + cw]
     out_mask[:ch, :cw] = mask[y0 : y0 + ch, x0 : x0 + cw]
     return out_img, out_mask
-
-
-def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible imperfect previous prediction of `gt` (float32 in [0, 1])."""
-    m = gt.astype(np.uint8)
-    h, w = m.shape
-    r = int(rng.integers(2, max(3, int(0.06 * max(h, w)))))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    op = rng.integers(4)
-    if op == 0:
-        m = cv2.erode(m, kernel)
-    elif op == 1:
-        m = cv2.dilate(m, kernel)
-    ys, xs = np.nonzero(gt)
-    if len(ys) and rng.random() < 0.6:  # cut a blob out, or add one nearby
-        i = int(rng.integers(len(ys)))
-        axes = (int(rng.integers(3, w // 4 + 4)), int(rng.integers(3, h // 4 + 4)))
-        blob = np.zeros_like(m)
-        cv2.ellipse(blob, (int(xs[i]), int(ys[i])), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        m = m & (1 - blob) if rng.random() < 0.5 else m | blob
-    soft = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.0)
-    return np.clip(soft, 0, 1)
-
-
-def simulate_clicks(
-    target: np.ndarray,
-    void: np.ndarray,
-    rng: np.random.Generator,
-    merged: np.ndarray | None = None,
-) -> tuple[list[Click], np.ndarray | None]:
-    """First click anywhere inside (parts too); sometimes more clicks on a previous mask.
-
-    With `merged` (another object's pixels), the previous mask is the target *and* that
-    object, so the corrective clicks say "not this one" (negative, on the other object).
-    """
-    first = random_click_inside(target, rng, min_border=2.0)
-    clicks = [first] if first is not None else []
-    n_more = int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))
-    if merged is not None:
-        n_more = max(1, n_more)
-    if n_more == 0 or not clicks:
-        return clicks, None
-    prev = perturb_mask(target, rng)
-    prev_bin = prev > 0.5
-    if merged is not None:  # the other object whole in the mask, and a "no" on it first
-        prev = np.maximum(prev, merged.astype(np.float32))
-        point = interior_point(merged & ~target)
-        if point is not None:
-            clicks.append(Click(point[0], point[1], False))
-            n_more -= 1
-    # Earlier clicks: centres of error components of the previous mask...
-    for _ in range(n_more - 1):
-        c = next_click(prev_bin, target, void)
-        if c is None:
-            break
-        clicks.append(c)
-        y, x = int(c.y), int(c.x)
-        # ...treated as fixed: the next one targets another error region.
-        err = (prev_bin != target).astype(np.uint8)
-        _, comp = cv2.connectedComponents(err)
-        prev_bin = np.where(comp == comp[y, x], target, prev_bin)
-    last = next_click(prev_bin, target, void) if n_more > 0 else None
-    if last is not None:
-        clicks.append(last)
-    return clicks, (prev if rng.random() < 0.8 else None)
 
 
 class ExampleMaker:
@@ -349,12 +288,18 @@ class ExampleMaker:
             ]
             if others and rng.random() < OVERMERGE_P:
                 merged = mask == others[int(rng.integers(len(others)))]
-            clicks, prev = simulate_clicks(target, void, rng, merged)
+                clicks, prev = simulate_clicks(target, void, rng, merged)
+                start = clicks[:1]  # unused: rollouts keep these clicks (keep_clicks)
+            elif rng.random() < MULTI_POINT_P:
+                clicks, prev = multi_point_start(target, void, np.isin(mask, others), rng), None
+                start = clicks  # a rollout continues from all of them
+            else:
+                clicks, prev = simulate_clicks(target, void, rng)
+                start = clicks[:1]  # a rollout replaces the synthetic later clicks
         else:
-            clicks, prev = [], None
+            clicks, prev, start = [], None, []
         x = encode_prompt(image, clicks, prev)
-        first = clicks[0] if clicks else None
         weight = (~void).astype(np.float32)
         return Example(
-            x, target.astype(np.float32), weight, cls, zero_click, image, first, merged is not None
+            x, target.astype(np.float32), weight, cls, zero_click, image, start, merged is not None
         )

@@ -22,7 +22,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from .augment import Loaded, perturb_mask
+from .augment import Loaded
+from .click_simulation import perturb_mask
 from .clicks import encode_prompt, first_click
 from .data import default_data_root, load_samples
 from .network import SqueezeSAM

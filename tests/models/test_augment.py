@@ -6,9 +6,7 @@ from squeezesam.models.augment import (
     ExampleMaker,
     Loaded,
     paste,
-    perturb_mask,
     scale_and_crop,
-    simulate_clicks,
 )
 
 
@@ -102,26 +100,6 @@ def test_look_alike_instances_leave_one_target_with_its_own_label():
         # look-alikes never cover the original target
         assert (m == 1).sum() == (mask == 1).sum()
     assert switched and kept  # both outcomes occur
-
-
-def test_perturbed_mask_is_a_probability_map():
-    gt = np.zeros((64, 64), bool)
-    gt[10:50, 10:50] = True
-    p = perturb_mask(gt, np.random.default_rng(3))
-    assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
-
-
-def test_over_merged_previous_mask_gets_a_negative_click_on_the_other_object():
-    image, mask = coded()
-    target, other = mask == 1, mask == 2
-    rng = np.random.default_rng(4)
-    for _ in range(10):
-        clicks, prev = simulate_clicks(target, np.zeros_like(target), rng, merged=other)
-        assert clicks[0].positive and target[int(clicks[0].y), int(clicks[0].x)]
-        # the other object is the largest error of the merged mask: the next click says no
-        assert not clicks[1].positive and other[int(clicks[1].y), int(clicks[1].x)]
-        if prev is not None:
-            assert prev[other].mean() > 0.5
 
 
 def test_over_merge_examples_keep_their_clicks_through_rollouts():

@@ -13,11 +13,13 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
 - look-alike instances: copies of the clicked object (or other people/pets) pasted
   beside it, the target chosen among them, so a click must say which one it means;
 - over-merge corrections: a previous mask holding the target and a neighbour, with a
-  negative click on the neighbour (the merge above is a default, never a must);
+  negative click on the neighbour (the merge above is a default, never a must), and
+  multi-point starts with negative clicks on other objects (`click_simulation.py`);
 - flips, scale, colour jitter, blur.
-Clicks come from `clicks.py` (the shared clicker) on synthetic previous masks; each
-example also keeps its crop, first click and void so `train.rollout` can replace those
-with RITM's no-grad rollouts (clicks placed on the network's own errors).
+Clicks come from `click_simulation.py` (the shared clicker on synthetic previous masks,
+over-merge corrections, RITM's multi-point starts); each example also keeps its crop and
+start clicks so `train.rollout` can continue from them with RITM's no-grad rollouts
+(clicks placed on the network's own errors).
 """
 
 from __future__ import annotations

@@ -13,23 +13,22 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
 - look-alike instances: copies of the clicked object (or other people/pets) pasted
   beside it, the target chosen among them, so a click must say which one it means;
 - over-merge corrections: a previous mask holding the target and a neighbour, with a
-  negative click on the neighbour (the merge above is a default, never a must), and
-  multi-point starts with negative clicks on other objects (`click_simulation.py`);
+  negative click on the neighbour (the merge above is a default, never a must);
 - flips, scale, colour jitter, blur.
 Clicks come from `click_simulation.py` (the shared clicker on synthetic previous masks,
-over-merge corrections, RITM's multi-point starts); each example also keeps its crop and
-start clicks so `train.rollout` can continue from them with RITM's no-grad rollouts
-(clicks placed on the network's own errors).
+and over-merge corrections); each example also keeps its crop and first click so
+`train.rollout` can replace the later ones with RITM's no-grad rollouts (clicks placed on
+the network's own errors).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .click_simulation import multi_point_start, simulate_clicks
+from .click_simulation import simulate_clicks
 from .clicks import Click, encode_prompt
 from .data import CLASS_INDEX, VOID, Sample, salient_objects
 
@@ -50,9 +49,6 @@ CLICK_JITTER = 0.5
 # 19 negative clicks on the person changed nothing): its synthetic errors were only blobs,
 # and rollouts seldom over-merge on the photos the network has fitted.
 OVERMERGE_P = 0.35
-# Share of the other click examples that start from several clicks at once, RITM's
-# multi-point sampling (click_simulation.multi_point_start).
-MULTI_POINT_P = 0.3
 
 
 @dataclass
@@ -84,7 +80,7 @@ class Example:
     cls: int  # class index or -1
     zero_click: bool
     image: np.ndarray | None = None  # uint8 crop the input was encoded from (rollouts)
-    start: list[Click] = field(default_factory=list)  # what a rollout starts from
+    first: Click | None = None  # the first simulated click (rollouts restart from it)
     keep_clicks: bool = False  # over-merge corrections: a rollout must not replace them
 
 
@@ -290,18 +286,12 @@ class ExampleMaker:
             ]
             if others and rng.random() < OVERMERGE_P:
                 merged = mask == others[int(rng.integers(len(others)))]
-                clicks, prev = simulate_clicks(target, void, rng, merged)
-                start = clicks[:1]  # unused: rollouts keep these clicks (keep_clicks)
-            elif rng.random() < MULTI_POINT_P:
-                clicks, prev = multi_point_start(target, void, np.isin(mask, others), rng), None
-                start = clicks  # a rollout continues from all of them
-            else:
-                clicks, prev = simulate_clicks(target, void, rng)
-                start = clicks[:1]  # a rollout replaces the synthetic later clicks
+            clicks, prev = simulate_clicks(target, void, rng, merged)
         else:
-            clicks, prev, start = [], None, []
+            clicks, prev = [], None
         x = encode_prompt(image, clicks, prev)
+        first = clicks[0] if clicks else None
         weight = (~void).astype(np.float32)
         return Example(
-            x, target.astype(np.float32), weight, cls, zero_click, image, start, merged is not None
+            x, target.astype(np.float32), weight, cls, zero_click, image, first, merged is not None
         )

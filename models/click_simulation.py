@@ -1,15 +1,11 @@
 """Clicks for training examples (click examples only; zero-click examples have none).
 
-Three kinds of starting state, each drawn by `augment.ExampleMaker.make`:
-- the first click anywhere inside the object (parts too), sometimes with more clicks from
-  the shared clicker on a synthetic previous mask (`simulate_clicks`);
-- over-merge corrections: a previous mask holding the target and a neighbour, with a
-  negative click on the neighbour (`simulate_clicks(..., merged=)`);
-- RITM's multi-point start (`multi_point_start`): several positive and negative clicks
-  at once and no previous mask.
-`train.rollout` may then continue from an example's `start` clicks with the network's own
-errors. Evaluation and serving never use this module: their clicks come from the one
-clicker in `clicks.py`.
+`simulate_clicks` draws the first click anywhere inside the object (parts too),
+sometimes with more clicks from the shared clicker on a synthetic previous mask
+(`perturb_mask`), or, for over-merge corrections, a previous mask holding the target and
+a neighbour with a negative click on the neighbour. `train.rollout` may replace the later
+clicks with the network's own errors. Evaluation and serving never use this module:
+their clicks come from the one clicker in `clicks.py`.
 """
 
 from __future__ import annotations
@@ -18,20 +14,6 @@ import cv2
 import numpy as np
 
 from .clicks import Click, interior_point, next_click, random_click_inside
-
-# Multi-point starts (Sofiiuk et al., "Reviving Iterative Training with Mask Guidance for
-# Interactive Segmentation", 2022: their training configs draw up to 24 points with a
-# geometric decay of 0.8 per extra point). Without them no training example held more
-# than 4 clicks, yet COCO objects take 10-20 at evaluation, and there s20700's later clicks
-# moved IoU by about 0.01 each (coco128 val curves, e.g. a clock merged with its stand
-# and a candle holder needed 19 negative clicks).
-MAX_START_POINTS = 16
-START_POINTS_DECAY = 0.8
-# Share of negative start points put on other objects in the crop (when there are any):
-# the "not that one" clicks that over-merged COCO masks need; the rest go to background
-# near the target (its surroundings are where masks leak) or anywhere.
-NEGATIVE_ON_OTHERS = 0.5
-NEAR_BAND = (4, 32)  # px at the training crop size: the ring around the target
 
 
 def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,39 +79,3 @@ def simulate_clicks(
     if last is not None:
         clicks.append(last)
     return clicks, (prev if rng.random() < 0.8 else None)
-
-
-def _extra_points(rng: np.random.Generator) -> int:
-    """How many clicks join the first: 1..MAX_START_POINTS-1, geometric decay."""
-    k = np.arange(1, MAX_START_POINTS)
-    p = START_POINTS_DECAY**k
-    return int(rng.choice(k, p=p / p.sum()))
-
-
-def multi_point_start(
-    target: np.ndarray, void: np.ndarray, others: np.ndarray, rng: np.random.Generator
-) -> list[Click]:
-    """The first click inside the target and more at once: positive ones inside it,
-    negative ones on other objects, around it or anywhere outside. No previous mask."""
-    first = random_click_inside(target, rng, min_border=2.0)
-    if first is None:
-        return []
-    clicks = [first]
-    outside = ~target & ~void
-    r = int(rng.integers(*NEAR_BAND))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    near = (cv2.dilate(target.astype(np.uint8), kernel) > 0) & outside
-    others = others & outside
-    for _ in range(_extra_points(rng)):
-        if rng.random() < 0.4:
-            c = random_click_inside(target, rng, min_border=2.0)
-        else:
-            if others.any() and rng.random() < NEGATIVE_ON_OTHERS:
-                region = others
-            else:
-                region = near if near.any() and rng.random() < 0.6 else outside
-            c = random_click_inside(region, rng, min_border=2.0)
-            c = None if c is None else Click(c.y, c.x, False)
-        if c is not None:
-            clicks.append(c)
-    return clicks

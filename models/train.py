@@ -140,21 +140,20 @@ def rollout(
 ) -> int:
     """RITM's iterative training (Sofiiuk et al. 2022, section 3.2): for a share `p` of the
     click examples, drop the synthetic later clicks and previous mask, run the network
-    1..`max_iters` times without gradients from the example's start clicks (the first
-    click, or a multi-point start), each time adding the clicker's next click on the
-    network's own errors and feeding its binary mask back, exactly as evaluation and
-    serving do. Teaches corrective clicks on the errors this
+    1..`max_iters` times without gradients from the first click, each time adding the
+    clicker's next click on the network's own errors and feeding its binary mask back,
+    exactly as evaluation and serving do. Teaches corrective clicks on the errors this
     network makes rather than on perturbed ground truth. Over-merge corrections
     (`Example.keep_clicks`) keep their synthetic clicks. Returns examples rolled out."""
     chosen = [
         e for e in examples
         if not e.zero_click and not e.keep_clicks and e.image is not None
-        and e.start and rng.random() < p
+        and e.first is not None and rng.random() < p
     ]  # fmt: skip
     if not chosen:
         return 0
     iters = int(rng.integers(1, max_iters + 1))
-    clicks = [list(e.start) for e in chosen]
+    clicks = [[e.first] for e in chosen]
     prev: list[np.ndarray | None] = [None] * len(chosen)
     was_training = model.training
     model.eval()  # running BatchNorm statistics, as at serving; no statistics updated

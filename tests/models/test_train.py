@@ -35,24 +35,21 @@ def model():
 def test_rollout_clicks_land_on_the_errors_of_the_mask_fed_back(batch, model):
     examples = copy.deepcopy(batch)
     rolled = rollout(model, examples, np.random.default_rng(0), p=1.0, max_iters=2)
-    clicked = [e for e in examples if not e.zero_click and not e.keep_clicks]
+    clicked = [e for e in examples if not e.zero_click]
     assert rolled == len(clicked) > 0
     checked = 0
     for e in clicked:
         prev = e.input[5]
         assert set(np.unique(prev)) <= {0.0, 1.0}  # the network's binary mask, as served
-        # the start clicks stay where the example put them, with their sign
-        for c in e.start:
-            assert e.input[3 if c.positive else 4, int(c.y), int(c.x)] == 1.0
-        if len(e.start) > 1:
-            continue  # multi-point starts: their own clicks need not sit on errors
+        # the first click stays where the example put it
+        assert e.input[3, int(e.first.y), int(e.first.x)] == 1.0
         # every other click disk sits on an error of that previous mask: positive ones
         # on missed object pixels, negative ones on false positives
         target = e.target > 0.5
         pos = e.input[3] > 0
         neg = e.input[4] > 0
         first = np.zeros_like(pos)
-        first[int(e.start[0].y), int(e.start[0].x)] = True
+        first[int(e.first.y), int(e.first.x)] = True
         if neg.any():
             assert ((prev > 0.5) & ~target)[neg].any()
             checked += 1
@@ -61,18 +58,6 @@ def test_rollout_clicks_land_on_the_errors_of_the_mask_fed_back(batch, model):
             assert (target & (prev < 0.5))[later_pos].any()
             checked += 1
     assert checked > 0  # an untrained network leaves errors to click on
-
-
-def test_rollout_continues_from_every_click_of_a_multi_point_start(val_samples, model):
-    maker = ExampleMaker([Loaded.from_sample(s) for s in val_samples], 128, zero_click_p=0.0)
-    rng = np.random.default_rng(7)
-    starts = [e for e in draw_batch(maker, rng, 40) if len(e.start) > 1]
-    assert starts  # MULTI_POINT_P of the click examples
-    before = copy.deepcopy(starts)
-    rollout(model, starts, rng, p=1.0, max_iters=1)
-    for a, b in zip(starts, before, strict=True):
-        # no start click was dropped: each disk of the start input is still there
-        assert (a.input[3][b.input[3] > 0] == 1).all() and (a.input[4][b.input[4] > 0] == 1).all()
 
 
 def test_rollout_leaves_zero_click_examples_and_p0_batches_alone(batch, model):

@@ -4,8 +4,9 @@
 sometimes with more clicks from the shared clicker on a synthetic previous mask
 (`perturb_mask`), or, for over-merge corrections, a previous mask holding the target and
 a neighbour with a negative click on the neighbour. `train.rollout` may replace the later
-clicks with the network's own errors. Evaluation and serving never use this module:
-their clicks come from the one clicker in `clicks.py`.
+clicks with the network's own errors. Evaluation and serving never use this module
+(their clicks come from the one clicker in `clicks.py`); export borrows `perturb_mask` for
+its int8 calibration inputs.
 """
 
 from __future__ import annotations

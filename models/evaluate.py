@@ -329,8 +329,11 @@ def evaluate(
     return out
 
 
-def onnx_segmenter(model: Path, args) -> OnnxSegmenter:
-    """A model under evaluation, with the command line's inference options."""
+def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
+    """A model under evaluation, with the command line's inference options; a missing file
+    is a CLI error naming its option (`what`)."""
+    if not model.is_file():
+        raise SystemExit(f"squeezesam eval: {what} file {model} not found")
     return OnnxSegmenter(model, args.threads, args.saliency_size or None, not args.no_previous_mask)
 
 
@@ -338,21 +341,18 @@ def main_args(args) -> None:  # called by the CLI
     data = Path(args.data)
     if not data.exists():
         raise SystemExit(f"squeezesam eval: --data {data} does not exist")
-    if args.baseline == "grabcut":
-        seg: Segmenter = GrabCutSegmenter()
-    else:
-        model = Path(args.model) if args.model else DEFAULT_MODEL_PATH
-        if not model.is_file():
-            raise SystemExit(f"squeezesam eval: model file {model} not found")
-        seg = onnx_segmenter(model, args)
-    compare = None
+    seg: Segmenter = (
+        GrabCutSegmenter()
+        if args.baseline == "grabcut"
+        else onnx_segmenter(Path(args.model) if args.model else DEFAULT_MODEL_PATH, args)
+    )
+    compare: Segmenter | None = None
     if args.compare:
-        if args.compare == "grabcut":
-            compare = GrabCutSegmenter()
-        elif not Path(args.compare).is_file():
-            raise SystemExit(f"squeezesam eval: --compare model file {args.compare} not found")
-        else:
-            compare = onnx_segmenter(Path(args.compare), args)
+        compare = (
+            GrabCutSegmenter()
+            if args.compare == "grabcut"
+            else onnx_segmenter(Path(args.compare), args, "--compare model")
+        )
     folders = discover_sets(data) if args.per_set else [data]
     if not folders:
         raise SystemExit(

@@ -2,12 +2,7 @@
 
 import numpy as np
 
-from squeezesam.models.augment import (
-    ExampleMaker,
-    Loaded,
-    paste,
-    scale_and_crop,
-)
+from squeezesam.models.augment import ExampleMaker, Loaded, paste, scale_and_crop
 
 
 def coded(h=120, w=160):

@@ -40,6 +40,11 @@ ROLLOUT_P = 0.5
 # people/pets pasted beside it), the clicked one chosen at random among them: most sets
 # hold one salient object per photo, so without these a click need not say *which* one.
 INSTANCES_P = 0.3
+# Long side of a rescaled training image, in crop sizes: [1, MAX_SCALE]. At 256x256 crops
+# (long side 256-576) objects appear at about serving scale (long side 512) but a crop sees
+# half the image; a serving-scale phase uses larger crops and a narrower range
+# (e.g. --size 384 --max-scale 1.67: long side 384-640, most of the image in one crop).
+MAX_SCALE = 2.25
 # How far a crop's centre strays from its target, in window sizes.
 SALIENCY_JITTER = 0.25
 CLICK_JITTER = 0.5
@@ -140,11 +145,12 @@ def scale_and_crop(
     size: int,
     rng: np.random.Generator,
     jitter: float = SALIENCY_JITTER,
+    max_scale: float = MAX_SCALE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale (long side in [size, 2.25 size]) and crop a size x size window around `focus`,
-    its centre moved by up to `jitter` window sizes."""
+    """Rescale (long side in [size, max_scale * size]) and crop a size x size window around
+    `focus`, its centre moved by up to `jitter` window sizes."""
     h, w = mask.shape
-    scale = rng.uniform(size, 2.25 * size) / max(h, w)
+    scale = rng.uniform(size, max_scale * size) / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     image = cv2.resize(
         image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -168,9 +174,16 @@ def scale_and_crop(
 class ExampleMaker:
     """Draws random training examples from decoded samples."""
 
-    def __init__(self, loaded: list[Loaded], size: int, zero_click_p: float = 0.3) -> None:
+    def __init__(
+        self,
+        loaded: list[Loaded],
+        size: int,
+        zero_click_p: float = 0.3,
+        max_scale: float = MAX_SCALE,
+    ) -> None:
         self.loaded = loaded
         self.size = size
+        self.max_scale = max_scale
         self.zero_click_p = zero_click_p
         # Donors: people and pets for copy-paste scenes; any sizeable object as outlier.
         self.people_pets = [
@@ -269,7 +282,7 @@ class ExampleMaker:
         # Zero-click: a saliency crop (centre near the objects). Click examples: the target
         # anywhere in the window, so the click, not a centre prior, says which object.
         jitter = SALIENCY_JITTER if zero_click else CLICK_JITTER
-        image, mask = scale_and_crop(image, mask, focus, self.size, rng, jitter)
+        image, mask = scale_and_crop(image, mask, focus, self.size, rng, jitter, self.max_scale)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1].copy(), mask[:, ::-1].copy()
         image = color_jitter(image, rng)

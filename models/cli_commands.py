@@ -29,7 +29,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # the path only: importing .train here would import torch into every process
-    from .augment import ROLLOUT_P
+    from .augment import MAX_SCALE, ROLLOUT_P
     from .predictor import WEIGHTS_DIR
 
     CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--total-steps", type=int, default=4500, help="cosine schedule length")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256, help="training crop size")
+    p.add_argument(
+        "--max-scale", type=float, default=MAX_SCALE,
+        help="rescaled long side drawn in [size, max-scale * size] before cropping",
+    )  # fmt: skip
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=300)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import ROLLOUT_P, ExampleMaker, Loaded
+from .augment import MAX_SCALE, ROLLOUT_P, ExampleMaker, Loaded
 from .clicks import encode_prompt, first_click, iou, next_click
 from .data import Sample, default_data_root, load_samples
 from .network import SqueezeSAM, build_model
@@ -42,6 +42,7 @@ class TrainConfig:
     total_steps: int = 30000  # length of the cosine schedule across all resumed runs
     batch: int = 8
     size: int = 256
+    max_scale: float = MAX_SCALE  # long side of a rescaled image up to max_scale * size
     lr: float = 6e-4
     seed: int = 0
     val_every: int = 300
@@ -238,7 +239,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     t0 = time.time()
     loaded = [Loaded.from_sample(s) for s in train_samples]
     log.info("decoded %d training images in %.0f s", len(loaded), time.time() - t0)
-    maker = ExampleMaker(loaded, cfg.size)
+    maker = ExampleMaker(loaded, cfg.size, max_scale=cfg.max_scale)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     model.train()
     metrics: dict[str, float] = dict(meta.get("last_val", {}))
@@ -266,7 +267,9 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
             )
         if done % cfg.save_every == 0 or done == start + cfg.steps:
-            meta.update(train_seconds=seconds, size=cfg.size, batch=cfg.batch)
+            meta.update(
+                train_seconds=seconds, size=cfg.size, max_scale=cfg.max_scale, batch=cfg.batch
+            )
             save_checkpoint(model, done, cfg.checkpoint, meta)
         if done % cfg.val_every == 0 or done == start + cfg.steps:
             metrics = quick_validate(model, val_samples)
@@ -284,6 +287,7 @@ def main_args(args) -> None:  # called by the CLI
         total_steps=args.total_steps,
         batch=args.batch,
         size=args.size,
+        max_scale=args.max_scale,
         lr=args.lr,
         seed=args.seed,
         val_every=args.val_every,

@@ -26,22 +26,22 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import collect, jobs
-from .dashboard import init_dashboard
-from .dispatch import Dispatcher
-from .labelstudio import (
+from squeezesam.backend import collect, jobs
+from squeezesam.backend.dashboard import init_dashboard
+from squeezesam.backend.dispatch import Dispatcher
+from squeezesam.backend.labelstudio import (
     PayloadError,
     parse_context,
     parse_label_config,
     task_image,
     task_regions,
 )
-from .metrics import observe_click, register_metrics
-from .recorder import Recorder
-from .redis_conn import connect
-from .settings import Settings
-from .store import Store, StoreError
-from .worker import model_version
+from squeezesam.backend.metrics import observe_click, register_metrics
+from squeezesam.backend.recorder import Recorder
+from squeezesam.backend.redis_conn import connect
+from squeezesam.backend.settings import Settings
+from squeezesam.backend.store import Store, StoreError
+from squeezesam.backend.worker import model_version
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/versions")
     def versions() -> Response:
         current = version()
-        from .worker import model_registry
+        from squeezesam.backend.worker import model_registry
 
         # every registered version (fine-tuned ones, promoted or not) and the active one
         names = [m.version for m in model_registry(settings).list()]
@@ -232,7 +232,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         recorder.submit(write)
 
     def _bulk(body: dict, tasks: list, config) -> Response:
-        from . import bulk
+        from squeezesam.backend import bulk
 
         project = bulk.project_id_of(body, tasks)
         items = bulk.answer(dispatcher(), tasks, config, body["label_config"], version(), project)
@@ -263,7 +263,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/preannotate")
     def preannotate_start() -> Response:
         """Pre-annotate a whole project in the background: 202 with the planning job's id."""
-        from .preannotate import start_project
+        from squeezesam.backend.preannotate import start_project
 
         body = _json_body()
         project, limit = body.get("project"), body.get("limit")
@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/preannotate/<int:project>")
     def preannotate_progress(project: int) -> Response:
         """done/total/failed/rate of the project's run (events.py) and its task errors."""
-        from .preannotate import run_status
+        from squeezesam.backend.preannotate import run_status
 
         return jsonify(run_status(dispatcher().redis, project))
 
@@ -305,12 +305,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         if answer.get("status") == "ignored":
             return jsonify(status="Unknown event")  # the SDK's answer
         if answer.get("train_requested"):
-            from .train_queue import enqueue_training
+            from squeezesam.backend.train_queue import enqueue_training
 
             job = enqueue_training(dispatcher().redis, answer["project"], trigger="start_training")
             answer["job"] = job.id  # with a `job`, Label Studio records a train job
         if answer.get("tasks") and answer.get("project") is not None:
-            from .preannotate import enqueue_tasks
+            from squeezesam.backend.preannotate import enqueue_tasks
 
             project = body.get("project")
             config = project.get("label_config") if isinstance(project, dict) else None

@@ -25,9 +25,9 @@ from typing import Any
 
 from rq.job import Job
 
-from . import jobs, preannotate, results_cache
-from .dispatch import Dispatcher
-from .labelstudio import PayloadError, ProjectConfig, task_image
+from squeezesam.backend import jobs, preannotate, results_cache
+from squeezesam.backend.dispatch import Dispatcher
+from squeezesam.backend.labelstudio import PayloadError, ProjectConfig, task_image
 
 log = logging.getLogger(__name__)
 

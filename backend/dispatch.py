@@ -32,9 +32,9 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 
-from .jobs import Outcome, reply_key
-from .settings import Settings
-from .worker import alive_workers
+from squeezesam.backend.jobs import Outcome, reply_key
+from squeezesam.backend.settings import Settings
+from squeezesam.backend.worker import alive_workers
 
 log = logging.getLogger(__name__)
 

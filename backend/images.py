@@ -29,9 +29,8 @@ import redis
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import PreparedImage
-
-from .settings import Settings
 
 MAX_REDIRECTS = 3
 # formats decoded: what browsers (so the Label Studio editor) display; JPEG covers MPO

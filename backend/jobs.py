@@ -23,12 +23,9 @@ import cv2
 import numpy as np
 from rq import get_current_job
 
-from squeezesam.models.objects import find_objects
-from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
-
-from . import results_cache
-from .images import ImageError, decode, resolve
-from .labelstudio import (
+from squeezesam.backend import results_cache
+from squeezesam.backend.images import ImageError, decode, resolve
+from squeezesam.backend.labelstudio import (
     BrushRegion,
     ClickPrompt,
     PayloadError,
@@ -39,8 +36,10 @@ from .labelstudio import (
     prediction,
     prompt_clicks,
 )
-from .masks import clean_mask, clip_to_box, decode_brush_rle
-from .worker import Runtime, runtime
+from squeezesam.backend.masks import clean_mask, clip_to_box, decode_brush_rle
+from squeezesam.backend.worker import Runtime, runtime
+from squeezesam.models.objects import find_objects
+from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
 
 REPLY_TTL = 60  # seconds a reply waits for its reader (the job's result_ttl)
 

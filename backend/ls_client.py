@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from .settings import Settings
+from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job
 
-from . import events
-from .settings import Settings
+from squeezesam.backend import events
+from squeezesam.backend.settings import Settings
 
 QUEUE = "preannotate"
 
@@ -46,6 +46,12 @@ class ChunkJob:
     project_id: int
     task_ids: tuple[int, ...]
     label_config: str | None = None  # None: the job reads it from Label Studio
+
+
+@dataclass(frozen=True)
+class PlanJob:
+    project_id: int
+    limit: int | None = None
 
 
 def join_progress(conn: redis.Redis, project_id: int, count: int, version: str) -> None:
@@ -87,7 +93,7 @@ def enqueue_tasks(
     (the job re-checks before writing). Redis only, milliseconds: fits in Label
     Studio's 1 s webhook timeout. The tasks join a running progress, if any.
     """
-    from .worker import model_version
+    from squeezesam.backend.worker import model_version
 
     conn = _connection(connection_or_dispatcher)
     version = model_version(settings)
@@ -136,8 +142,6 @@ def start_project(
     connection_or_dispatcher: Any, settings: Settings, project_id: int, limit: int | None = None
 ) -> Job:
     """Queue the planning job of a whole-project run (lists tasks, queues chunks)."""
-    from .preannotate_job import PlanJob
-
     conn = _connection(connection_or_dispatcher)
     return Queue(QUEUE, connection=conn).enqueue(
         "squeezesam.backend.preannotate_job.plan_project",

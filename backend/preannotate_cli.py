@@ -27,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
-    from .settings import Settings
+    from squeezesam.backend.settings import Settings
 
     settings = Settings.from_env()
     embedded = None
     if not settings.redis_url:
-        from .redis_conn import EmbeddedRedis
+        from squeezesam.backend.redis_conn import EmbeddedRedis
 
         embedded = EmbeddedRedis()
         settings = dataclasses.replace(settings, redis_url=embedded.url)
@@ -47,12 +47,12 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings) -> int:
     from tqdm import tqdm
 
-    from . import events
-    from .ls_client import LabelStudioClient
-    from .preannotate import run_status
-    from .preannotate_job import plan
-    from .redis_conn import connect
-    from .worker import model_version, run_worker
+    from squeezesam.backend import events
+    from squeezesam.backend.ls_client import LabelStudioClient
+    from squeezesam.backend.preannotate import run_status
+    from squeezesam.backend.preannotate_job import plan
+    from squeezesam.backend.redis_conn import connect
+    from squeezesam.backend.worker import model_version, run_worker
 
     conn = connect(settings)
     version = model_version(settings)

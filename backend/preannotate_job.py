@@ -12,27 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 
 import redis
 from rq import get_current_job
 
-from . import collect, events, jobs
-from .labelstudio import PayloadError, ProjectConfig, parse_label_config, task_image
-from .ls_client import LabelStudioClient, TaskGone, has_prediction
-from .preannotate import QUEUE, ChunkJob, done_key, enqueue_ids, errors_key, record_error
-from .store import Store, StoreError
-from .worker import Runtime, alive_workers, runtime
+from squeezesam.backend import collect, events, jobs
+from squeezesam.backend.labelstudio import (
+    PayloadError,
+    ProjectConfig,
+    parse_label_config,
+    task_image,
+)
+from squeezesam.backend.ls_client import LabelStudioClient, TaskGone, has_prediction
+from squeezesam.backend.preannotate import (
+    QUEUE,
+    ChunkJob,
+    PlanJob,
+    done_key,
+    enqueue_ids,
+    errors_key,
+    record_error,
+)
+from squeezesam.backend.store import Store, StoreError
+from squeezesam.backend.worker import Runtime, alive_workers, runtime
 
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = 600  # seconds; a claim of a live worker never lasts longer than one task
-
-
-@dataclass(frozen=True)
-class PlanJob:
-    project_id: int
-    limit: int | None = None
 
 
 _clients: dict[int, LabelStudioClient] = {}

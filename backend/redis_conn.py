@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from .settings import Settings
+from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
 

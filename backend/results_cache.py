@@ -12,7 +12,7 @@ import hashlib
 
 import redis
 
-from .labelstudio import ProjectConfig
+from squeezesam.backend.labelstudio import ProjectConfig
 
 PREFIX = "squeezesam:pre:"
 

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from .settings import Settings
+from squeezesam.backend.settings import Settings
 
 log = logging.getLogger("squeezesam.serve")
 
@@ -56,7 +56,7 @@ def web_server(app: Any, host: str, port: int, threads: int) -> Any:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from squeezesam.backend.app import create_app
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
@@ -71,8 +71,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .dispatch import QUEUES
-    from .worker import run_worker
+    from squeezesam.backend.dispatch import QUEUES
+    from squeezesam.backend.worker import run_worker
 
     settings = Settings.from_env()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     embedded = None
     if not settings.redis_url:
-        from .redis_conn import EmbeddedRedis
+        from squeezesam.backend.redis_conn import EmbeddedRedis
 
         # under the data dir (not a temp dir): queues and caches survive a restart of serve
         embedded = EmbeddedRedis(settings.data_path / "redis")

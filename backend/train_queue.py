@@ -24,7 +24,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from .settings import Settings
+from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,14 @@ def _pending(connection: redis.Redis, queue: Queue) -> list[Job]:
 
 
 def _worker_alive(connection: redis.Redis, job: Job) -> bool:
-    from .worker import alive_workers
+    from squeezesam.backend.worker import alive_workers
 
     job.refresh()
     return bool(job.worker_name) and job.worker_name in alive_workers(connection, "train")
 
 
 def _requeue_abandoned(connection: redis.Redis, job: Job) -> None:
-    from .dispatch import Dispatcher
+    from squeezesam.backend.dispatch import Dispatcher
 
     # the dispatcher's rescue of a dead worker's job (retry if retries are left, else
     # fail); Settings() only feeds Dispatcher.submit, unused here
@@ -59,7 +59,9 @@ def enqueue_training(
     trigger: str = "manual",
 ) -> Job:  # fmt: skip
     """Queue a run (or return the one already queued/running for this project)."""
-    from .training import TrainRequest  # no torch at import time: training imports it lazily
+    from squeezesam.backend.training import (
+        TrainRequest,  # no torch at import time: training imports it lazily
+    )
 
     queue = Queue("train", connection=connection)
     for job in _pending(connection, queue):
@@ -91,8 +93,8 @@ def enqueue_training(
 
 def schedule_once(connection: redis.Redis, settings: Settings) -> list[str]:
     """One scheduler tick: queue every project with enough new labels; returns job ids."""
-    from .store import Store
-    from .training import new_labels_since_last_run, projects
+    from squeezesam.backend.store import Store
+    from squeezesam.backend.training import new_labels_since_last_run, projects
 
     if settings.train_min_new_labels <= 0:
         return []
@@ -106,7 +108,7 @@ def schedule_once(connection: redis.Redis, settings: Settings) -> list[str]:
 
 
 def scheduler_loop(settings: Settings, stop_after: int | None = None) -> None:
-    from .redis_conn import connect
+    from squeezesam.backend.redis_conn import connect
 
     connection = connect(settings)
     ticks = 0
@@ -144,12 +146,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.here:
-        from .training import TrainRequest, run_training_job
+        from squeezesam.backend.training import TrainRequest, run_training_job
 
         print(json.dumps(run_training_job(TrainRequest(args.project, args.steps, "manual"))))
         return 0
-    from .redis_conn import connect
-    from .worker import alive_workers
+    from squeezesam.backend.redis_conn import connect
+    from squeezesam.backend.worker import alive_workers
 
     connection = connect(settings)
     job = enqueue_training(connection, args.project, args.steps, "manual")

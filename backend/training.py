@@ -39,11 +39,11 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from . import events, export_labels
-from .collect import LabelStudioSource, ReconcileError, reconcile
-from .registry import Registry
-from .settings import Settings
-from .store import Store
+from squeezesam.backend import events, export_labels
+from squeezesam.backend.collect import LabelStudioSource, ReconcileError, reconcile
+from squeezesam.backend.registry import Registry
+from squeezesam.backend.settings import Settings
+from squeezesam.backend.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def training_lock(connection: redis.Redis, ttl: int, wait: float) -> Iterator[No
 
 def run_training_job(request: TrainRequest) -> dict[str, Any]:
     """The `train` queue's entry point (settings from the worker's environment)."""
-    from .redis_conn import connect
+    from squeezesam.backend.redis_conn import connect
 
     settings = Settings.from_env()
     store = Store.open(settings)
@@ -109,7 +109,7 @@ def run_training_job(request: TrainRequest) -> dict[str, Any]:
 
 
 def _image_loader(settings: Settings) -> export_labels.ImageLoader:
-    from .images import Fetcher, decode
+    from squeezesam.backend.images import Fetcher, decode
 
     fetcher = Fetcher(settings)
     return lambda ref: decode(fetcher.fetch(ref), settings.image_max_pixels)
@@ -228,7 +228,7 @@ def _train_and_gate(
 
 
 def _version_of(model: Path) -> str:
-    from .worker import model_version_of
+    from squeezesam.backend.worker import model_version_of
 
     return model_version_of(model)
 
@@ -242,7 +242,7 @@ def _now() -> dt.datetime:
 
 def new_labels_since_last_run(store: Store, project_id: int) -> int:
     """Kept annotations of the project stored after its last run started (all runs if none)."""
-    from .store_schema import annotations
+    from squeezesam.backend.store_schema import annotations
 
     events.ensure_training_runs(store.engine)
     a, t = annotations.c, events.training_runs_table.c
@@ -261,7 +261,7 @@ def new_labels_since_last_run(store: Store, project_id: int) -> int:
 
 
 def projects(store: Store) -> list[int]:
-    from .store_schema import annotations
+    from squeezesam.backend.store_schema import annotations
 
     with store.engine.connect() as conn:
         rows = conn.execute(

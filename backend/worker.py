@@ -31,12 +31,11 @@ import numpy as np
 import redis
 from rq import SimpleWorker
 
+from squeezesam.backend.images import Fetcher, ImageCache
+from squeezesam.backend.redis_conn import connect
+from squeezesam.backend.registry import Registry
+from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import Predictor
-
-from .images import Fetcher, ImageCache
-from .redis_conn import connect
-from .registry import Registry
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .click_simulation import simulate_clicks
-from .clicks import Click, encode_prompt
-from .data import CLASS_INDEX, VOID, Sample, salient_objects
+from squeezesam.models.click_simulation import simulate_clicks
+from squeezesam.models.clicks import Click, encode_prompt
+from squeezesam.models.data import CLASS_INDEX, VOID, Sample, salient_objects
 
 # Share of click examples whose later clicks come from no-grad rollouts (train.rollout)
 # instead of synthetic previous masks: the one default of base training, fine-tuning and

@@ -10,27 +10,27 @@ import argparse
 
 
 def _train_base(args: argparse.Namespace) -> None:
-    from .train import main_args
+    from squeezesam.models.train import main_args
 
     main_args(args)
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import main_args
+    from squeezesam.models.export import main_args
 
     main_args(args)
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import main_args
+    from squeezesam.models.evaluate import main_args
 
     main_args(args)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # the path only: importing .train here would import torch into every process
-    from .augment import MAX_SCALE, ROLLOUT_P
-    from .predictor import WEIGHTS_DIR
+    from squeezesam.models.augment import MAX_SCALE, ROLLOUT_P
+    from squeezesam.models.predictor import WEIGHTS_DIR
 
     CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .clicks import Click, interior_point, next_click, random_click_inside
+from squeezesam.models.clicks import Click, interior_point, next_click, random_click_inside
 
 
 def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -24,10 +24,10 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .clicks import Click, Clicker, interior_point, iou
-from .data import Sample, discover_sets, load_set, salient_objects
-from .predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
-from .stats import bootstrap_ci, paired_difference
+from squeezesam.models.clicks import Click, Clicker, interior_point, iou
+from squeezesam.models.data import Sample, discover_sets, load_set, salient_objects
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
+from squeezesam.models.stats import bootstrap_ci, paired_difference
 
 MIN_OBJECT_PIXELS = 100
 
@@ -169,7 +169,7 @@ def evaluate_object(
 
 
 def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
-    from .objects import find_objects
+    from squeezesam.models.objects import find_objects
 
     found = find_objects(seg.predictor, state, saliency_size=seg.saliency_size)
     void = mask == 255

@@ -22,13 +22,13 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from .augment import Loaded
-from .click_simulation import perturb_mask
-from .clicks import encode_prompt, first_click
-from .data import default_data_root, load_samples
-from .network import SqueezeSAM
-from .predictor import DEFAULT_WORKING_SIZE, WEIGHTS_DIR, letterbox, letterbox_mask
-from .train import CHECKPOINT, load_checkpoint
+from squeezesam.models.augment import Loaded
+from squeezesam.models.click_simulation import perturb_mask
+from squeezesam.models.clicks import encode_prompt, first_click
+from squeezesam.models.data import default_data_root, load_samples
+from squeezesam.models.network import SqueezeSAM
+from squeezesam.models.predictor import DEFAULT_WORKING_SIZE, WEIGHTS_DIR, letterbox, letterbox_mask
+from squeezesam.models.train import CHECKPOINT, load_checkpoint
 
 log = logging.getLogger("squeezesam.export")
 FP32_NAME = "squeezesam_fp32.onnx"

@@ -20,12 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import ROLLOUT_P, ExampleMaker, Loaded
-from .data import Sample, discover_sets, load_samples, load_set
-from .evaluate import OnnxSegmenter, evaluate_samples, object_nocs, summarise
-from .export import export_checkpoint
-from .stats import paired_difference
-from .train import cosine_lr, draw_batch, load_checkpoint, rollout, save_checkpoint, train_step
+from squeezesam.models.augment import ROLLOUT_P, ExampleMaker, Loaded
+from squeezesam.models.data import Sample, discover_sets, load_samples, load_set
+from squeezesam.models.evaluate import OnnxSegmenter, evaluate_samples, object_nocs, summarise
+from squeezesam.models.export import export_checkpoint
+from squeezesam.models.stats import paired_difference
+from squeezesam.models.train import (
+    cosine_lr,
+    draw_batch,
+    load_checkpoint,
+    rollout,
+    save_checkpoint,
+    train_step,
+)
 
 log = logging.getLogger("squeezesam.finetune")
 GUARD_PER_SET = 8

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clicks import NUM_INPUT_CHANNELS
+from squeezesam.models.clicks import NUM_INPUT_CHANNELS
 
 # (repeats, kernel, stride, expand, in, out) of EfficientNet-Lite0's 7 stages.
 LITE0_STAGES = (

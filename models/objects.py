@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .clicks import Click, interior_point, iou
-from .predictor import Predictor, PreparedImage, _sigmoid, classify, letterbox
+from squeezesam.models.clicks import Click, interior_point, iou
+from squeezesam.models.predictor import Predictor, PreparedImage, _sigmoid, classify, letterbox
 
 MIN_AREA_FRACTION = 0.01  # components smaller than 1% of the image are ignored
 MAX_OBJECTS = 8

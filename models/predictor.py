@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from .clicks import Click, encode_prompt
+from squeezesam.models.clicks import Click, encode_prompt
 
 CLASS_NAMES = ("person", "pet", "other")
 DEFAULT_WORKING_SIZE = 512

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import MAX_SCALE, ROLLOUT_P, ExampleMaker, Loaded
-from .clicks import encode_prompt, first_click, iou, next_click
-from .data import Sample, default_data_root, load_samples
-from .network import SqueezeSAM, build_model
-from .predictor import WEIGHTS_DIR, letterbox, letterbox_mask
+from squeezesam.models.augment import MAX_SCALE, ROLLOUT_P, ExampleMaker, Loaded
+from squeezesam.models.clicks import encode_prompt, first_click, iou, next_click
+from squeezesam.models.data import Sample, default_data_root, load_samples
+from squeezesam.models.network import SqueezeSAM, build_model
+from squeezesam.models.predictor import WEIGHTS_DIR, letterbox, letterbox_mask
 
 CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
 # Class CE weight (base training and fine-tuning share train_step). 0.2 up to s20700,

@@ -12,6 +12,18 @@ from squeezesam.models.predictor import DEFAULT_MODEL_PATH
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the PostgreSQL pass selects on it
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test with a PostgreSQL case (a "postgresql" parameter: the backend's `store`
+    fixture, `open_store(kind, ...)`) is marked `postgres`, wherever it lives, so
+    .ci/postgres_tests.sh selects them all with `-m postgres` and no file list."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if any(isinstance(value, str) and value == "postgresql" for value in params):
+            item.add_marker(pytest.mark.postgres)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("SQUEEZESAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 

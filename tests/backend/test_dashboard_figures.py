@@ -28,6 +28,8 @@ from squeezesam.backend.store_schema import (
     objects,
 )
 
+from .conftest import open_store
+
 P = 7  # the project under test; project 8 is noise
 DAY1 = dt.datetime(2026, 3, 1)
 
@@ -80,9 +82,9 @@ def seed_history(store: Store) -> None:
 PERIOD = figures.Period.parse(str(P), "2026-03-01", "2026-03-02")  # two whole days
 
 
-@pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path) -> Store:
+    s = open_store(request.param, tmp_path)  # PostgreSQL: with SQUEEZESAM_TEST_POSTGRES_URL
     seed_history(s)
     yield s
     s.close()

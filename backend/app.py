@@ -37,11 +37,12 @@ from squeezesam.backend.labelstudio import (
     task_regions,
 )
 from squeezesam.backend.metrics import observe_click, register_metrics
+from squeezesam.backend.queues import INTERACTIVE
 from squeezesam.backend.recorder import Recorder
 from squeezesam.backend.redis_conn import connect
+from squeezesam.backend.registry import model_registry, model_version
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store, StoreError
-from squeezesam.backend.worker import model_version
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/versions")
     def versions() -> Response:
         current = version()
-        from squeezesam.backend.worker import model_registry
-
         # every registered version (fine-tuned ones, promoted or not) and the active one
         names = [m.version for m in model_registry(settings).list()]
         return jsonify(versions=names + [current] * (current not in names), model_version=current)
@@ -194,7 +193,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
         started = time.perf_counter()
         outcome = dispatcher().run(
-            "interactive", jobs.segment_click, spec, settings.interactive_timeout
+            INTERACTIVE, jobs.segment_click, spec, settings.interactive_timeout
         )
         observe_click(time.perf_counter() - started, outcome.status)
         if not outcome.ok:

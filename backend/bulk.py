@@ -28,6 +28,7 @@ from rq.job import Job
 from squeezesam.backend import jobs, preannotate, results_cache
 from squeezesam.backend.dispatch import Dispatcher
 from squeezesam.backend.labelstudio import PayloadError, ProjectConfig, task_image
+from squeezesam.backend.queues import PREANNOTATE
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def answer(
         if items[i] is None:
             spec = jobs.TaskJob(ref, config)
             items[i] = d.submit(
-                "preannotate", jobs.preannotate_task, spec, settings.preannotate_timeout
+                PREANNOTATE, jobs.preannotate_task, spec, settings.preannotate_timeout
             )
     bodies: list[str] = []
     late: list[int] = []

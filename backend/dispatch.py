@@ -6,9 +6,10 @@ once, with no polling delay: the reply as soon as the job has its outcome, rq's 
 (also failures) after rq's bookkeeping. The block is cut into short
 slices; between slices we check that the job is still in good hands:
 
-* STARTED on a worker whose liveness heartbeat stopped (worker.py): the worker died
+* STARTED on a worker whose liveness heartbeat stopped (queues.py): the worker died
   mid-job (SIGKILL, OOM). The job is given back to its queue with rq's own retry
-  (`job.retry`, counting down the `Retry` it was enqueued with), and we keep waiting.
+  (`queues.requeue_abandoned`, counting down the retries it was enqueued with), and we
+  keep waiting.
   rq's own abandoned-job clean-up does the same for jobs nobody waits for, but only
   after job timeout + 60 s.
 * QUEUED with no live worker on its queue for NO_WORKER_GRACE: answer 503 quickly
@@ -25,20 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
 from rq.results import Result
 
 from squeezesam.backend.jobs import Outcome, reply_key
+from squeezesam.backend.queues import alive_workers, enqueue, requeue_abandoned
 from squeezesam.backend.settings import Settings
-from squeezesam.backend.worker import alive_workers
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("interactive", "preannotate", "train")
 SLICE_SECONDS = 0.5  # how often a waiting request checks on its job's worker
 NO_WORKER_GRACE = 5.0
 
@@ -47,17 +44,18 @@ class Dispatcher:
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.redis = connection
         self.settings = settings
-        self.queues = {name: Queue(name, connection=connection) for name in QUEUES}
 
     def submit(self, queue: str, func: Callable[..., Outcome], spec: Any, timeout: float) -> Job:
-        return self.queues[queue].enqueue(
+        return enqueue(
+            self.redis,
+            queue,
             func,
             spec,
             job_timeout=max(int(timeout) + 5, 10),  # a hung model pass gets killed
             ttl=max(int(timeout), 1),  # not started by then: nobody waits any more
             result_ttl=60,
             failure_ttl=600,
-            retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,
+            retries=self.settings.job_retries,
         )
 
     def run(self, queue: str, func: Callable[..., Outcome], spec: Any, timeout: float) -> Outcome:
@@ -106,7 +104,7 @@ class Dispatcher:
         if status == JobStatus.STARTED:
             job.refresh()
             if job.worker_name and job.worker_name not in live:
-                self._requeue_abandoned(job)
+                requeue_abandoned(self.redis, job)
             return None, None
         if status == JobStatus.FAILED:
             return Outcome(500, error="the job failed"), None
@@ -119,23 +117,6 @@ class Dispatcher:
                 return Outcome(503, error=f"no worker is serving the {job.origin!r} queue"), None
             return None, no_worker_since
         return None, None
-
-    def _requeue_abandoned(self, job: Job) -> None:
-        """rq's abandoned-job handling, now: retry if retries are left, else fail."""
-        queue = self.queues[job.origin]
-        registry = StartedJobRegistry(job.origin, connection=self.redis)
-        with self.redis.pipeline() as pipe:
-            # drop the dead execution, or rq's clean-up would later "rescue" it again
-            for entry in self.redis.zrange(registry.key, 0, -1):
-                if entry.decode().split(":")[0] == job.id:
-                    pipe.zrem(registry.key, entry)
-            if job.retries_left:
-                log.warning("worker %s died during job %s: retrying", job.worker_name, job.id)
-                job.retry(queue, pipe)
-            else:
-                log.error("worker %s died during job %s: no retries left", job.worker_name, job.id)
-                record_job_failure(job, "the worker died (no retries left)", pipe)
-            pipe.execute()
 
     def _cancel(self, job: Job) -> None:
         try:

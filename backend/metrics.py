@@ -38,11 +38,12 @@ from rq.registry import (
 )
 
 from squeezesam.backend.events import ensure_training_runs, read_progress, training_runs_table
+from squeezesam.backend.queues import QUEUES, alive_workers
+from squeezesam.backend.registry import model_version
 from squeezesam.backend.store_schema import annotations, clicks, objects
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("interactive", "preannotate", "train")  # as dispatch.QUEUES (not imported: cheap)
 EXTENSION = "squeezesam.metrics"
 
 # --- latency, observed in the web process ------------------------------------------------
@@ -141,8 +142,6 @@ class StateCollector:
         workers = GaugeMetricFamily(
             "squeezesam_workers", "Workers with a live heartbeat, per queue", labels=["queue"]
         )
-        from squeezesam.backend.worker import alive_workers
-
         for name in QUEUES:
             depth.add_metric([name], Queue(name, connection=conn).count)
             for state, registry in _JOB_STATES.items():
@@ -235,8 +234,6 @@ def active_model_version(settings: Any) -> tuple[str | None, str]:
         if active:
             return active, "registry"
         if settings is not None:
-            from squeezesam.backend.worker import model_version
-
             return model_version(settings), "model_file"
     except Exception as exc:  # missing model file, unreadable registry: no info, no error
         log.debug("metrics: model version unknown: %s", exc)

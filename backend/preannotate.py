@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from rq import Queue, Retry
 from rq.job import Job
 
 from squeezesam.backend import events
+from squeezesam.backend.queues import PREANNOTATE, enqueue
+from squeezesam.backend.registry import model_version
 from squeezesam.backend.settings import Settings
-
-QUEUE = "preannotate"
 
 
 def done_key(project_id: int, version: str) -> str:
@@ -93,8 +92,6 @@ def enqueue_tasks(
     (the job re-checks before writing). Redis only, milliseconds: fits in Label
     Studio's 1 s webhook timeout. The tasks join a running progress, if any.
     """
-    from squeezesam.backend.worker import model_version
-
     conn = _connection(connection_or_dispatcher)
     version = model_version(settings)
     return enqueue_ids(conn, settings, project_id, task_ids, label_config, version)
@@ -120,11 +117,12 @@ def enqueue_ids(
             events.progress_finish(conn, project_id)
     elif ids:
         join_progress(conn, project_id, len(ids), version)
-    queue = Queue(QUEUE, connection=conn)
     size = max(1, settings.preannotate_chunk)
     for start in range(0, len(ids), size):
         chunk = tuple(ids[start : start + size])
-        queue.enqueue(
+        enqueue(
+            conn,
+            PREANNOTATE,
             "squeezesam.backend.preannotate_job.run_chunk",
             ChunkJob(int(project_id), chunk, label_config),
             # the model takes well under a second per task; Label Studio backoff may
@@ -132,7 +130,7 @@ def enqueue_ids(
             job_timeout=int(60 + len(chunk) * 10 + 3 * settings.preannotate_retry_seconds),
             result_ttl=600,
             failure_ttl=7 * 24 * 3600,
-            retry=Retry(max=settings.job_retries) if settings.job_retries else None,
+            retries=settings.job_retries,
             description=f"preannotate project {project_id}: {len(chunk)} tasks",
         )
     return len(ids)
@@ -143,7 +141,9 @@ def start_project(
 ) -> Job:
     """Queue the planning job of a whole-project run (lists tasks, queues chunks)."""
     conn = _connection(connection_or_dispatcher)
-    return Queue(QUEUE, connection=conn).enqueue(
+    return enqueue(
+        conn,
+        PREANNOTATE,
         "squeezesam.backend.preannotate_job.plan_project",
         PlanJob(int(project_id), limit),
         job_timeout=int(600 + 3 * settings.preannotate_retry_seconds),  # big projects list slowly

@@ -51,8 +51,10 @@ def _run(args: argparse.Namespace, settings) -> int:
     from squeezesam.backend.ls_client import LabelStudioClient
     from squeezesam.backend.preannotate import run_status
     from squeezesam.backend.preannotate_job import plan
+    from squeezesam.backend.queues import PREANNOTATE
     from squeezesam.backend.redis_conn import connect
-    from squeezesam.backend.worker import model_version, run_worker
+    from squeezesam.backend.registry import model_version
+    from squeezesam.backend.worker import run_worker
 
     conn = connect(settings)
     version = model_version(settings)
@@ -78,7 +80,7 @@ def _run(args: argparse.Namespace, settings) -> int:
         bar.start()
         if args.inline:
             # rq installs signal handlers: the worker runs in the main thread, the bar aside
-            run_worker(["preannotate"], settings, burst=True)
+            run_worker([PREANNOTATE], settings, burst=True)
             time.sleep(0.6)  # one more refresh of the bar
             stop.set()
         bar.join()

@@ -25,7 +25,6 @@ from squeezesam.backend.labelstudio import (
 )
 from squeezesam.backend.ls_client import LabelStudioClient, TaskGone, has_prediction
 from squeezesam.backend.preannotate import (
-    QUEUE,
     ChunkJob,
     PlanJob,
     done_key,
@@ -33,8 +32,9 @@ from squeezesam.backend.preannotate import (
     errors_key,
     record_error,
 )
+from squeezesam.backend.queues import PREANNOTATE, alive_workers
 from squeezesam.backend.store import Store, StoreError
-from squeezesam.backend.worker import Runtime, alive_workers, runtime
+from squeezesam.backend.worker import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _claim(conn: redis.Redis, project_id: int, task_id: int) -> str | None:
     if conn.set(key, me, nx=True, ex=CLAIM_TTL):
         return me
     holder = (conn.get(key) or b"").decode()
-    if holder == me or holder not in alive_workers(conn, QUEUE):
+    if holder == me or holder not in alive_workers(conn, PREANNOTATE):
         conn.set(key, me, ex=CLAIM_TTL)
         return me
     return None

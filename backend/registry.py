@@ -10,6 +10,9 @@ Every file is replaced atomically (temp file in the same folder + os.replace), s
 reading ACTIVE sees the old or the new name, never half of one. Changes take an exclusive
 lock on <root>/.lock, so two `squeezesam models promote` calls cannot interleave.
 Workers poll `watch_token()` (one stat + one small read) and reload when it changes.
+
+`model_version(settings)` names the version the workers serve, for the web process and
+the CLI, which load no model themselves.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from squeezesam.models.predictor import DEFAULT_MODEL_PATH, WEIGHTS_DIR
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH, WEIGHTS_DIR, Predictor
 
 if TYPE_CHECKING:
     from squeezesam.backend.settings import Settings
@@ -234,6 +237,34 @@ class Registry:
 
     def _write_history(self, history: dict[str, list]) -> None:
         _atomic_write(self.root / HISTORY, json.dumps(history, indent=2) + "\n")
+
+
+# --- the served version ----------------------------------------------------------------
+
+
+def model_registry(settings: Settings) -> Registry:
+    """The registry the service uses (SQUEEZESAM_REGISTRY_DIR, the configured model)."""
+    return Registry(settings.registry_path, default_model=settings.model_file)
+
+
+_versions: dict[tuple[str, float], str] = {}
+
+
+def model_version(settings: Settings) -> str:
+    """The version the workers serve (the registry's active model), from the model file's
+    metadata (cached).
+
+    The web process needs it for `/setup` and `/versions` without running jobs; reading it
+    costs one onnxruntime session load per model file change.
+    """
+    return model_version_of(model_registry(settings).active_path())
+
+
+def model_version_of(path: Path) -> str:
+    key = (str(path), path.stat().st_mtime if path.is_file() else -1.0)
+    if key not in _versions:
+        _versions[key] = Predictor(path, threads=1).version
+    return _versions[key]
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -71,7 +71,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from squeezesam.backend.dispatch import QUEUES
+    from squeezesam.backend.queues import QUEUES
     from squeezesam.backend.worker import run_worker
 
     settings = Settings.from_env()

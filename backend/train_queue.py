@@ -20,10 +20,17 @@ import logging
 import time
 
 import redis
-from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from squeezesam.backend.queues import (
+    TRAIN,
+    alive_workers,
+    enqueue,
+    queue,
+    requeue_abandoned,
+    worker_alive,
+)
 from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,25 +40,11 @@ JOB_TIMEOUT = 6 * 3600  # a CPU run of a few thousand steps; rq kills a hung one
 RESULT_TTL = 7 * 24 * 3600
 
 
-def _pending(connection: redis.Redis, queue: Queue) -> list[Job]:
-    ids = list(queue.get_job_ids()) + list(StartedJobRegistry(queue=queue).get_job_ids())
+def _pending(connection: redis.Redis) -> list[Job]:
+    train = queue(connection, TRAIN)
+    ids = list(train.get_job_ids()) + list(StartedJobRegistry(queue=train).get_job_ids())
     jobs = Job.fetch_many(ids, connection=connection)
     return [j for j in jobs if j is not None and j.func_name == JOB_FUNC]
-
-
-def _worker_alive(connection: redis.Redis, job: Job) -> bool:
-    from squeezesam.backend.worker import alive_workers
-
-    job.refresh()
-    return bool(job.worker_name) and job.worker_name in alive_workers(connection, "train")
-
-
-def _requeue_abandoned(connection: redis.Redis, job: Job) -> None:
-    from squeezesam.backend.dispatch import Dispatcher
-
-    # the dispatcher's rescue of a dead worker's job (retry if retries are left, else
-    # fail); Settings() only feeds Dispatcher.submit, unused here
-    Dispatcher(connection, Settings())._requeue_abandoned(job)
 
 
 def enqueue_training(
@@ -63,28 +56,28 @@ def enqueue_training(
         TrainRequest,  # no torch at import time: training imports it lazily
     )
 
-    queue = Queue("train", connection=connection)
-    for job in _pending(connection, queue):
+    for job in _pending(connection):
         request = job.args[0] if job.args else None
         if getattr(request, "project_id", object()) != project_id:
             continue
-        if job.get_status() == JobStatus.STARTED and not _worker_alive(connection, job):
+        if job.get_status() == JobStatus.STARTED and not worker_alive(connection, job):
             # its train worker died mid-run: give the run back to the queue now (rq's own
             # clean-up would wait for JOB_TIMEOUT); the next worker runs it again
-            _requeue_abandoned(connection, job)
+            requeue_abandoned(connection, job)
             if job.get_status(refresh=True) != JobStatus.QUEUED:
                 continue  # no retries left: it failed; queue a fresh run below
         log.info("training for project %s already %s: job %s", project_id,
                  job.get_status(refresh=True), job.id)  # fmt: skip
         return job
-    job = queue.enqueue(
+    job = enqueue(
+        connection,
+        TRAIN,
         JOB_FUNC,
         TrainRequest(project_id, steps, trigger),
         job_timeout=JOB_TIMEOUT,
         result_ttl=RESULT_TTL,
         failure_ttl=RESULT_TTL,
-        # a worker killed mid-run: rq's abandoned-job clean-up runs it once more
-        retry=Retry(max=1),
+        retries=1,  # a worker killed mid-run: rq's abandoned-job clean-up runs it once more
         description=f"fine-tune project {project_id} ({trigger})",
     )
     log.info("queued fine-tuning of project %s (%s): job %s", project_id, trigger, job.id)
@@ -151,12 +144,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(run_training_job(TrainRequest(args.project, args.steps, "manual"))))
         return 0
     from squeezesam.backend.redis_conn import connect
-    from squeezesam.backend.worker import alive_workers
 
     connection = connect(settings)
     job = enqueue_training(connection, args.project, args.steps, "manual")
     print(f"job {job.id}")
-    if not alive_workers(connection, "train"):
+    if not alive_workers(connection, TRAIN):
         log.warning("no train worker is running: start `squeezesam serve` or "
                     "`squeezesam worker --queues train`")  # fmt: skip
     if not args.wait:

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 
 from squeezesam.backend import events, export_labels
 from squeezesam.backend.collect import LabelStudioSource, ReconcileError, reconcile
-from squeezesam.backend.registry import Registry
+from squeezesam.backend.registry import Registry, model_version_of
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
 
@@ -145,7 +145,7 @@ def train_project(settings: Settings, store: Store, request: TrainRequest) -> di
     registry = Registry(settings.registry_path, default_model=settings.model_file)
     _close_interrupted_runs(store)
     started, t0 = _now(), time.monotonic()
-    current_version = _version_of(registry.active_path())
+    current_version = model_version_of(registry.active_path())
     run_id = events.record_training_run(
         store.engine, project=request.project_id, started_at=started, status="running",
         current_version=current_version, reason=f"trigger: {request.trigger}",
@@ -225,12 +225,6 @@ def _train_and_gate(
         registry.promote(result.version)
     return finish("finished", card["decision"], decision.reason, data_size=data_size,
                   candidate_version=result.version, metrics=metrics)  # fmt: skip
-
-
-def _version_of(model: Path) -> str:
-    from squeezesam.backend.worker import model_version_of
-
-    return model_version_of(model)
 
 
 def _now() -> dt.datetime:

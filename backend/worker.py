@@ -5,9 +5,8 @@ click. `WarmWorker` is a `SimpleWorker` (jobs run in the worker process itself),
 `runtime()` loads the predictor, the image fetcher and the cache client once per
 process, on first use (or at start-up, to keep the first click fast).
 
-Liveness: rq notices a dead worker only after job timeout + 60 s. A click cannot wait
-that long, so each worker also writes a heartbeat every second into a per-queue sorted
-set (`alive_key`), from a daemon thread. The web process (dispatch.py) reads it to see
+Liveness: each worker beats a heartbeat every second (queues.beat, from a daemon
+thread); the web process (dispatch.py) reads it through queues.alive_workers to see
 within seconds that the worker holding its job died, and re-enqueues the job.
 
 Model versions: the model served is the registry's active one (`Registry.active_path()`:
@@ -23,28 +22,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import redis
 from rq import SimpleWorker
 
 from squeezesam.backend.images import Fetcher, ImageCache
+from squeezesam.backend.queues import HEARTBEAT_INTERVAL, MODEL_QUEUES, beat, leave
+from squeezesam.backend.queues import alive_workers as alive_workers  # docker healthchecks
 from squeezesam.backend.redis_conn import connect
-from squeezesam.backend.registry import Registry
+from squeezesam.backend.registry import Registry, model_registry
 from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL = 1.0  # seconds between liveness beats
-HEARTBEAT_GRACE = 5.0  # a worker silent for this long is dead
-
-
-def alive_key(queue_name: str) -> str:
-    return f"squeezesam:alive:{queue_name}"
 
 
 @dataclass
@@ -84,10 +76,6 @@ def runtime(settings: Settings | None = None) -> Runtime:
             _warm_up(predictor)
             log.info("model %s loaded (%s)", predictor.version, path)
         return _runtime
-
-
-def model_registry(settings: Settings) -> Registry:
-    return Registry(settings.registry_path, default_model=settings.model_file)
 
 
 def refresh_model(rt: Runtime) -> bool:
@@ -131,18 +119,14 @@ class WarmWorker(SimpleWorker):
         self.follow_models = False  # set by run_worker on model-serving queues
 
     def _beat_forever(self, connection: redis.Redis) -> None:
-        keys = [alive_key(q.name) for q in self.queues]
+        names = [q.name for q in self.queues]
         while not self._beating.is_set():
             try:
-                with connection.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.zadd(key, {self.name: time.time()})
-                    pipe.execute()
+                beat(connection, self.name, names)
             except redis.RedisError as exc:  # Redis restarting: keep trying
                 log.warning("liveness heartbeat failed: %s", exc)
             self._beating.wait(HEARTBEAT_INTERVAL)
-        for key in keys:  # a clean exit says so at once
-            connection.zrem(key, self.name)
+        leave(connection, self.name, names)
 
     def _watch_models(self) -> None:
         rt = runtime()
@@ -166,17 +150,10 @@ class WarmWorker(SimpleWorker):
             thread.join(timeout=2)
 
 
-def alive_workers(connection: redis.Redis, queue_name: str) -> set[str]:
-    """Names of workers on `queue_name` that beat within HEARTBEAT_GRACE."""
-    cutoff = time.time() - HEARTBEAT_GRACE
-    names = connection.zrangebyscore(alive_key(queue_name), cutoff, "+inf")
-    return {n.decode() for n in names}
-
-
 def run_worker(queues: list[str], settings: Settings, burst: bool = False) -> None:
     """Start a warm worker on `queues` (blocks). Loads the model before the first job."""
     connection = connect(settings)
-    serving = "interactive" in queues or "preannotate" in queues
+    serving = any(q in MODEL_QUEUES for q in queues)
     if serving:
         runtime(settings)  # fail here, loudly, if the model cannot load
     # the `train` queue's jobs import torch themselves (backend/training.py); a worker on
@@ -189,23 +166,3 @@ def run_worker(queues: list[str], settings: Settings, burst: bool = False) -> No
     # rq logs every job at INFO; per click that is noise (and time): quiet unless DEBUG
     level = settings.log_level if settings.log_level.upper() == "DEBUG" else "WARNING"
     worker.work(burst=burst, logging_level=level, with_scheduler=False)
-
-
-_versions: dict[tuple[str, float], str] = {}
-
-
-def model_version(settings: Settings) -> str:
-    """The version the workers serve (the registry's active model), from the model file's
-    metadata (cached).
-
-    The web process needs it for `/setup` and `/versions` without running jobs; reading it
-    costs one onnxruntime session load per model file change.
-    """
-    return model_version_of(model_registry(settings).active_path())
-
-
-def model_version_of(path: Path) -> str:
-    key = (str(path), path.stat().st_mtime if path.is_file() else -1.0)
-    if key not in _versions:
-        _versions[key] = Predictor(path, threads=1).version
-    return _versions[key]

@@ -49,9 +49,9 @@ from squeezesam.backend.labelstudio import (
     brush_result,
     parse_label_config,
 )
+from squeezesam.backend.queues import alive_workers
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.settings import Settings
-from squeezesam.backend.worker import alive_workers
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor
 
 REPO = Path(__file__).resolve().parent.parent

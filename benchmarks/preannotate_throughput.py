@@ -40,9 +40,9 @@ from squeezesam.backend.labelstudio import (  # noqa: E402
 )
 from squeezesam.backend.masks import clean_mask  # noqa: E402
 from squeezesam.backend.preannotate import run_status, start_project  # noqa: E402
+from squeezesam.backend.queues import alive_workers  # noqa: E402
 from squeezesam.backend.redis_conn import EmbeddedRedis  # noqa: E402
 from squeezesam.backend.settings import Settings  # noqa: E402
-from squeezesam.backend.worker import alive_workers  # noqa: E402
 from squeezesam.models import objects  # noqa: E402
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor  # noqa: E402
 

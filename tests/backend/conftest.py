@@ -22,12 +22,12 @@ import sqlalchemy as sa
 
 from squeezesam.backend import events
 from squeezesam.backend.app import create_app
+from squeezesam.backend.queues import alive_workers
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.serve import web_server
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store, _engine_url
 from squeezesam.backend.store_schema import metadata
-from squeezesam.backend.worker import alive_workers
 
 
 def free_port() -> int:

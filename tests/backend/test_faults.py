@@ -252,6 +252,7 @@ def test_read_only_data_directory_is_a_clear_503(settings, tmp_path):
 
 def test_a_newly_active_model_that_fails_to_load_keeps_the_previous_one(settings, tmp_path, caplog):
     from squeezesam.backend import worker
+    from squeezesam.backend.registry import model_registry
     from squeezesam.models.clicks import Click
 
     rt = worker.Runtime(
@@ -259,7 +260,7 @@ def test_a_newly_active_model_that_fails_to_load_keeps_the_previous_one(settings
         predictor=worker.Predictor(settings.model_file, threads=1),
         fetcher=None,
         cache=None,
-        registry=worker.model_registry(replace(settings, data_dir=str(tmp_path / "d"))),
+        registry=model_registry(replace(settings, data_dir=str(tmp_path / "d"))),
         model_token="before",
     )
     serving = rt.predictor

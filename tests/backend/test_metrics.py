@@ -15,10 +15,10 @@ from rq import Queue
 from squeezesam.backend import metrics
 from squeezesam.backend.app import create_app
 from squeezesam.backend.events import progress_advance, progress_start, record_training_run
+from squeezesam.backend.queues import alive_key
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
 from squeezesam.backend.store_schema import AnnotationRecord, Click
-from squeezesam.backend.worker import alive_key
 
 
 def value(text: str, name: str, **labels: str) -> float | None:

@@ -15,7 +15,7 @@ import redis
 from squeezesam.backend import events
 from squeezesam.backend.preannotate import enqueue_tasks, run_status, start_project
 from squeezesam.backend.redis_conn import EmbeddedRedis
-from squeezesam.backend.worker import model_version
+from squeezesam.backend.registry import model_version
 
 from .conftest import WorkerPool, make_settings
 from .ls_standin import TOKEN, StandInLabelStudio

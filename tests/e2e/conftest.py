@@ -234,7 +234,7 @@ class Backend:
 def backend(labelstudio, tmp_path_factory, model_path) -> Backend:
     import redis
 
-    from squeezesam.backend.worker import alive_workers
+    from squeezesam.backend.queues import alive_workers
 
     data_dir = tmp_path_factory.mktemp("squeezesam")
     port = free_port()

@@ -159,7 +159,7 @@ def test_connecting_sets_up_the_backend_and_its_webhook(project):
     assert ml["state"] == "CO", ml  # Connected: /health and /setup answered
     ours = json.loads(
         subprocess.run(
-            [sys.executable, "-c", "from squeezesam.backend.worker import model_version;"
+            [sys.executable, "-c", "from squeezesam.backend.registry import model_version;"
              "from squeezesam.backend.settings import Settings;"
              "print(__import__('json').dumps(model_version(Settings.from_env())))"],
             env=project.backend.env, capture_output=True, text=True, check=True,

@@ -98,5 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="long side of the zero-click pass (0: working size)",
     )
+    p.add_argument(
+        "--zoom-in", action="store_true",
+        help="corrective clicks on a crop around the object (RITM zoom-in; models/zoom.py)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

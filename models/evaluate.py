@@ -26,8 +26,9 @@ import numpy as np
 
 from squeezesam.models.clicks import Click, Clicker, interior_point, iou
 from squeezesam.models.data import Sample, discover_sets, load_set, salient_objects
-from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor, PreparedImage
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor
 from squeezesam.models.stats import bootstrap_ci, paired_difference
+from squeezesam.models.zoom import ZoomState, predict_zoomed
 
 MIN_OBJECT_PIXELS = 100
 
@@ -51,18 +52,24 @@ class OnnxSegmenter:
         threads: int | None = None,
         saliency_size: int | None = None,
         feed_previous_mask: bool = True,
+        zoom_in: bool = False,
     ) -> None:
         self.predictor = Predictor(model_path, threads=threads or None)
-        self.name = self.predictor.version
+        self.name = self.predictor.version + ("+zoom" if zoom_in else "")
         self.saliency_size = saliency_size
         self.feed_previous_mask = feed_previous_mask
+        self.zoom_in = zoom_in
 
-    def prepare(self, image: np.ndarray) -> PreparedImage:
-        return self.predictor.prepare(image)
+    def prepare(self, image: np.ndarray) -> ZoomState:
+        return ZoomState(image, self.predictor.prepare(image))
 
-    def segment(self, state, clicks, prev):
-        p = self.predictor.predict(state, clicks, prev if self.feed_previous_mask else None)
-        h, w = state.original_size
+    def segment(self, state: ZoomState, clicks, prev):
+        prev = prev if self.feed_previous_mask else None
+        if self.zoom_in:
+            p = predict_zoomed(self.predictor, state, clicks, prev)
+            return p.mask, p.probability, p.label
+        p = self.predictor.predict(state.full, clicks, prev)
+        h, w = state.full.original_size
         prob = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
         return p.mask, prob, p.label
 
@@ -122,6 +129,8 @@ class Results:
     zero_ious: list[float] = field(default_factory=list)  # per salient GT object
     zero_found: list[bool] = field(default_factory=list)  # per person/pet GT object
     zero_label_hits: list[bool] = field(default_factory=list)
+    # crowded scenes: every person/pet of at least CROWD_MIN_PIXELS, salient or not
+    crowd_found: list[bool] = field(default_factory=list)
     zero_false: list[int] = field(default_factory=list)  # per image
     images: int = 0
 
@@ -168,12 +177,36 @@ def evaluate_object(
     return curve, first_label
 
 
+# Crowded scenes: a person or pet counts as found when a zero-click region matches it at
+# IoU >= 0.5 (one region per object); objects under 32x32 px (COCO's "small") are left out.
+CROWD_MIN_PIXELS = 32 * 32
+
+
+def crowd_matches(found_masks: list[np.ndarray], gts: dict[int, np.ndarray], void) -> list[bool]:
+    """Per ground-truth object (largest first), whether an unused region matches it."""
+    used: set[int] = set()
+    hits = []
+    for k in sorted(gts, key=lambda k: -int(gts[k].sum())):
+        scores = [(iou(m, gts[k], void), j) for j, m in enumerate(found_masks) if j not in used]
+        best, j = max(scores, default=(0.0, -1))
+        if best >= 0.5:
+            used.add(j)
+        hits.append(best >= 0.5)
+    return hits
+
+
 def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
     from squeezesam.models.objects import find_objects
 
-    found = find_objects(seg.predictor, state, saliency_size=seg.saliency_size)
+    found = find_objects(seg.predictor, state.full, saliency_size=seg.saliency_size)
     void = mask == 255
     gts = {k: mask == k for k in labels}
+    crowd = {
+        k: gts[k]
+        for k in labels
+        if labels[k] in ("person", "pet") and areas[k] * mask.size >= CROWD_MIN_PIXELS
+    }
+    res.crowd_found += crowd_matches([f.mask for f in found], crowd, void)
     salient = salient_objects(labels, areas)
     used: set[int] = set()
     for k in sorted(salient, key=lambda k: -areas[k]):
@@ -274,6 +307,9 @@ def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -
     out["miou_0click"] = round(float(np.mean(res.zero_ious)), 4) if res.zero_ious else None
     if res.zero_found:
         out["recall_0click_people_pets"] = round(float(np.mean(res.zero_found)), 4)
+    if res.crowd_found:
+        out["people_pets_32px"] = len(res.crowd_found)
+        out["recall_0click_people_pets_32px"] = round(float(np.mean(res.crowd_found)), 4)
     if res.zero_false:
         out["false_regions_per_image"] = round(float(np.mean(res.zero_false)), 3)
     if res.zero_label_hits:
@@ -334,7 +370,13 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
     is a CLI error naming its option (`what`)."""
     if not model.is_file():
         raise SystemExit(f"squeezesam eval: {what} file {model} not found")
-    return OnnxSegmenter(model, args.threads, args.saliency_size or None, not args.no_previous_mask)
+    return OnnxSegmenter(
+        model,
+        args.threads,
+        args.saliency_size or None,
+        not args.no_previous_mask,
+        zoom_in=args.zoom_in,
+    )
 
 
 def main_args(args) -> None:  # called by the CLI

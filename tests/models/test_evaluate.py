@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from squeezesam.models.data import discover_sets, load_set, write_set
-from squeezesam.models.evaluate import by_area, noc
+from squeezesam.models.evaluate import by_area, crowd_matches, noc
 
 KEYS = {
     "images",
@@ -113,3 +114,20 @@ def test_compare_runs_a_second_model_on_the_same_objects(tiny_set, shipped_model
 def test_compare_with_a_missing_model_is_a_cli_error(tiny_set, tmp_path):
     r = run_eval("--data", str(tiny_set), "--compare", str(tmp_path / "nope.onnx"))
     assert r.returncode != 0 and "--compare model file" in r.stderr
+
+
+def test_crowd_matching_uses_each_region_once_and_needs_iou_half():
+    a = np.zeros((10, 10), bool)
+    a[:5] = True
+    b = np.zeros((10, 10), bool)
+    b[5:] = True
+    void = np.zeros((10, 10), bool)
+    # one region covering both people (IoU 0.5 with each) counts for one of them only
+    both = a | b
+    assert crowd_matches([both], {1: a, 2: b}, void) == [True, False]
+    # two regions, one per person
+    assert crowd_matches([b, a], {1: a, 2: b}, void) == [True, True]
+    # a region a third of a person's size: not found
+    third = np.zeros((10, 10), bool)
+    third[:2] = True
+    assert crowd_matches([third], {1: a}, void) == [False]

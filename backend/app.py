@@ -16,7 +16,6 @@ blocks a retry); late tasks are written back to Label Studio by the whole-projec
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -26,7 +25,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from squeezesam.backend import collect, jobs
+from squeezesam.backend import jobs, webhooks
+from squeezesam.backend.auth import basic_auth_ok, webhook_secret_ok
 from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.dispatch import Dispatcher
 from squeezesam.backend.labelstudio import (
@@ -123,13 +123,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def guard() -> Response | None:
         g.started = time.perf_counter()
         if settings.basic_auth_enabled and request.endpoint not in OPEN_ENDPOINTS:
-            auth = request.authorization
-            ok = (
-                auth is not None
-                and auth.type == "basic"
-                and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-                and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
-            )
+            auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
+            ok = basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass)
             if not ok:
                 response = _error("HTTP Basic authentication required", 401)
                 response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
@@ -206,9 +201,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         served for them, written in the background: the answer is parsed there, once,
         not on the click's path. A store failure is logged and never fails the click."""
         try:
-            points = collect.clicks_from_context(context)
+            points = webhooks.clicks_from_context(context)
             project = (
-                collect.project_id_of(request.get_json(silent=True)["project"]) if points else None
+                webhooks.project_id_of(request.get_json(silent=True)["project"]) if points else None
             )
         except Exception as exc:
             log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
@@ -226,7 +221,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                                          model_version=item.get("model_version"))  # fmt: skip
                 except Exception as exc:
                     log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
-            collect.record_served(opened, task_id, item, "click")
+            opened.record_served_item(task_id, item, "click")
 
         recorder.submit(write)
 
@@ -255,7 +250,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             if opened is None:
                 return
             for task_id, item in served:
-                collect.record_served(opened, task_id, item, kind)
+                opened.record_served_item(task_id, item, kind)
 
         recorder.submit(write)
 
@@ -279,7 +274,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/preannotate/<int:project>")
     def preannotate_progress(project: int) -> Response:
-        """done/total/failed/rate of the project's run (events.py) and its task errors."""
+        """done/total/failed/rate of the project's run (progress.py) and its task errors."""
         from squeezesam.backend.preannotate import run_status
 
         return jsonify(run_status(dispatcher().redis, project))
@@ -288,7 +283,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def webhook() -> Response:
         if settings.webhook_secret:
             given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-            if not hmac.compare_digest(given, settings.webhook_secret):
+            if not webhook_secret_ok(given, settings.webhook_secret):
                 return _error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header", 403)
         body = _json_body()
         action = body.get("action")
@@ -297,7 +292,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Label Studio gives a webhook 1 s and never resends it: store synchronously (a few
         # ms), queue anything long (training, pre-annotation) and answer.
         try:
-            answer = collect.handle_event(store(), body)
+            answer = webhooks.handle_event(store(), body)
         except StoreError as exc:  # the periodic reconcile catches up later
             log.error("webhook %s not stored: %s", action, exc)
             raise ServiceError(f"label store unavailable: {exc}", 503) from None

@@ -16,7 +16,8 @@ COMMAND_MODULES = (
     "squeezesam.backend.serve",  # serve, web, worker
     "squeezesam.models.cli_commands",  # eval, train-base, export
     "squeezesam.backend.preannotate_cli",  # preannotate --project ID
-    "squeezesam.backend.store_cli",  # models list|promote|rollback|register, labels ...
+    "squeezesam.backend.registry",  # models list|promote|rollback|register
+    "squeezesam.backend.store.cli",  # labels export|stats|reconcile
     "squeezesam.backend.train_queue",  # train, train-scheduler
 )
 

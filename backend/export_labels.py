@@ -26,7 +26,7 @@ import numpy as np
 
 from squeezesam.backend.labelstudio import match_label
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import StoredAnnotation
+from squeezesam.backend.store.schema import StoredAnnotation
 
 log = logging.getLogger(__name__)
 

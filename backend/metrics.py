@@ -10,7 +10,7 @@ Two kinds of figures, because web and workers are separate processes:
 - Everything cross-process is read at scrape time by `StateCollector`: rq queue lengths
   and job registries and worker heartbeats from Redis, the active model version, label
   counts and fine-tuning runs from the label store, pre-annotation progress from Redis
-  (events.py). Nothing is cached, so a scrape shows the state at that moment; a source
+  (progress.py). Nothing is cached, so a scrape shows the state at that moment; a source
   that cannot be read is reported by `squeezesam_source_up{source} 0`, and the scrape
   still answers.
 """
@@ -37,10 +37,15 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from squeezesam.backend.events import ensure_training_runs, read_progress, training_runs_table
+from squeezesam.backend.progress import read_progress
 from squeezesam.backend.queues import QUEUES, alive_workers
 from squeezesam.backend.registry import model_version
-from squeezesam.backend.store_schema import annotations, clicks, objects
+from squeezesam.backend.store.reads import (
+    label_counts,
+    last_run_starts,
+    reading,
+    training_run_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,7 @@ class StateCollector:
             workers.add_metric([name], len(alive_workers(conn, name)))
         tasks = GaugeMetricFamily(
             "squeezesam_preannotation_tasks",
-            "Tasks of the current pre-annotation run per project (events.py contract)",
+            "Tasks of the current pre-annotation run per project (progress.py contract)",
             labels=["project", "state"],
         )
         for p in read_progress(conn):
@@ -159,10 +164,6 @@ class StateCollector:
 
     def _store(self) -> Iterator[Metric]:
         engine = self.sources.engine
-        ensure_training_runs(engine)
-        from squeezesam.backend.dashboard.figures import read_engine
-
-        a, t = annotations.c, training_runs_table.c
         labels = GaugeMetricFamily(
             "squeezesam_labels", "Annotations in the label store", labels=["project", "state"]
         )
@@ -180,36 +181,22 @@ class StateCollector:
             "When the latest fine-tuning run started (unix time)",
             labels=["project"],
         )
-        with read_engine(engine).connect() as conn:
-            for p, deleted, cancelled, n in conn.execute(
-                sa.select(a.project_id, a.deleted, a.was_cancelled, sa.func.count()).group_by(
-                    a.project_id, a.deleted, a.was_cancelled
-                )
-            ):
-                state = "deleted" if deleted else "cancelled" if cancelled else "kept"
-                labels.add_metric([str(p), state], n)
-            for p, n in conn.execute(
-                sa.select(a.project_id, sa.func.count())
-                .select_from(objects.join(annotations))
-                .where(a.deleted.is_(False), a.was_cancelled.is_(False))
-                .group_by(a.project_id)
-            ):
-                objs.add_metric([str(p)], n)
-            for p, n in conn.execute(
-                sa.select(clicks.c.project_id, sa.func.count()).group_by(clicks.c.project_id)
-            ):
-                n_clicks.add_metric([str(p)], n)
-            for p, status, decision, n in conn.execute(
-                sa.select(t.project, t.status, t.decision, sa.func.count()).group_by(
-                    t.project, t.status, t.decision
-                )
-            ):
-                runs.add_metric([_project(p), status or "", decision or ""], n)
-            for p, started in conn.execute(
-                sa.select(t.project, sa.func.max(t.started_at)).group_by(t.project)
-            ):
-                if started is not None:
-                    last.add_metric([_project(p)], _unix(started))
+        with reading(engine) as conn:
+            counts = label_counts(conn)
+            run_counts = training_run_counts(conn)
+            starts = last_run_starts(conn)
+        for p, c in counts.items():  # zero counts are groups the tables do not have
+            for state, n in c["annotations"].items():
+                if n:
+                    labels.add_metric([p, state], n)
+            if sum(c["objects"].values()):
+                objs.add_metric([p], sum(c["objects"].values()))
+            if c["clicks"]:
+                n_clicks.add_metric([p], c["clicks"])
+        for p, status, decision, n in run_counts:
+            runs.add_metric([_project(p), status, decision], n)
+        for p, started in starts:
+            last.add_metric([_project(p)], _unix(started))
         yield from (labels, objs, n_clicks, runs, last)
 
     def _model(self) -> Iterator[Metric]:

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from squeezesam.backend import events
+from squeezesam.backend import progress
 from squeezesam.backend.queues import PREANNOTATE, enqueue
 from squeezesam.backend.registry import model_version
 from squeezesam.backend.settings import Settings
@@ -54,17 +54,17 @@ class PlanJob:
 
 
 def join_progress(conn: redis.Redis, project_id: int, count: int, version: str) -> None:
-    """Add tasks to the project's running progress (events.py), or start a new run.
+    """Add tasks to the project's running progress (progress.py), or start a new run.
 
     A run still going (no finished_at, not all done) grows by `count`, so tasks imported
     during a whole-project run (TASKS_CREATED) show up in the same progress bar.
     """
-    key = events.progress_key(project_id)
-    running = [p for p in events.read_progress(conn, project_id) if p.state == "running"]
+    key = progress.progress_key(project_id)
+    running = [p for p in progress.read_progress(conn, project_id) if p.state == "running"]
     if running:
-        conn.hincrby(key, events.F_TOTAL, count)
+        conn.hincrby(key, progress.F_TOTAL, count)
     else:
-        events.progress_start(conn, project_id, count, version)
+        progress.progress_start(conn, project_id, count, version)
 
 
 def _connection(connection_or_dispatcher: Any) -> redis.Redis:
@@ -112,9 +112,9 @@ def enqueue_ids(
         done = conn.smismember(done_key(project_id, version), ids)
         ids = [t for t, is_done in zip(ids, done, strict=True) if not is_done]
     if new_run:
-        events.progress_start(conn, project_id, len(ids), version)
+        progress.progress_start(conn, project_id, len(ids), version)
         if not ids:
-            events.progress_finish(conn, project_id)
+            progress.progress_finish(conn, project_id)
     elif ids:
         join_progress(conn, project_id, len(ids), version)
     size = max(1, settings.preannotate_chunk)
@@ -157,13 +157,13 @@ def record_error(conn: redis.Redis, project_id: int, task_id: Any, message: str)
     key = errors_key(project_id)
     with conn.pipeline(transaction=False) as pipe:
         pipe.hset(key, str(task_id), message[:500])
-        pipe.expire(key, events.PREANNOTATE_TTL)
+        pipe.expire(key, progress.PREANNOTATE_TTL)
         pipe.execute()
 
 
 def run_status(conn: redis.Redis, project_id: int, max_errors: int = 50) -> dict[str, Any]:
-    """Progress (events.py) + tasks per second + the latest task errors, as JSON."""
-    runs = events.read_progress(conn, project_id)
+    """Progress (progress.py) + tasks per second + the latest task errors, as JSON."""
+    runs = progress.read_progress(conn, project_id)
     body: dict[str, Any] = {"project": project_id, "state": "none"}
     if runs:
         run = runs[0]

@@ -47,7 +47,7 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings) -> int:
     from tqdm import tqdm
 
-    from squeezesam.backend import events
+    from squeezesam.backend import progress
     from squeezesam.backend.ls_client import LabelStudioClient
     from squeezesam.backend.preannotate import run_status
     from squeezesam.backend.preannotate_job import plan
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace, settings) -> int:
     def show() -> None:
         with tqdm(total=queued, unit="task", desc=f"project {args.project}") as bar:
             while not stop.is_set():
-                runs = events.read_progress(conn, args.project)
+                runs = progress.read_progress(conn, args.project)
                 if runs:
                     bar.total = runs[0].total
                     bar.n = runs[0].done

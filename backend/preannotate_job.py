@@ -16,7 +16,7 @@ import uuid
 import redis
 from rq import get_current_job
 
-from squeezesam.backend import collect, events, jobs
+from squeezesam.backend import jobs, progress
 from squeezesam.backend.labelstudio import (
     PayloadError,
     ProjectConfig,
@@ -108,7 +108,7 @@ def run_chunk(job: ChunkJob) -> dict[str, int]:
         for task_id in job.task_ids:
             outcome = _one_task(rt, ls, conn, config, job.project_id, task_id, version)
             counts[outcome] += 1
-            events.progress_advance(conn, job.project_id, failed=int(outcome == "failed"))
+            progress.progress_advance(conn, job.project_id, failed=int(outcome == "failed"))
     finally:
         _finish_if_complete(conn, job.project_id)
     return counts
@@ -159,7 +159,7 @@ def _one_task(
         ls.create_prediction(task_id, item["result"], item["score"], version)
         store = label_store(rt)
         if store is not None:
-            collect.record_served(store, task_id, item, "preannotation")
+            store.record_served_item(task_id, item, "preannotation")
         conn.sadd(done, task_id)
         conn.hdel(errors_key(project_id), task_id)
         return "written"
@@ -192,6 +192,6 @@ def _release(conn: redis.Redis, project_id: int, task_id: int, claim: str) -> No
 
 
 def _finish_if_complete(conn: redis.Redis, project_id: int) -> None:
-    for progress in events.read_progress(conn, project_id):
-        if progress.finished_at is None and progress.total and progress.done >= progress.total:
-            events.progress_finish(conn, project_id)
+    for run in progress.read_progress(conn, project_id):
+        if run.finished_at is None and run.total and run.done >= run.total:
+            progress.progress_finish(conn, project_id)

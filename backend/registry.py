@@ -10,6 +10,7 @@ Every file is replaced atomically (temp file in the same folder + os.replace), s
 reading ACTIVE sees the old or the new name, never half of one. Changes take an exclusive
 lock on <root>/.lock, so two `squeezesam models promote` calls cannot interleave.
 Workers poll `watch_token()` (one stat + one small read) and reload when it changes.
+The `squeezesam models ...` commands are here too (`register(subparsers)`).
 
 `model_version(settings)` names the version the workers serve, for the web process and
 the CLI, which load no model themselves.
@@ -17,12 +18,14 @@ the CLI, which load no model themselves.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import fcntl
 import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -265,6 +268,80 @@ def model_version_of(path: Path) -> str:
     if key not in _versions:
         _versions[key] = Predictor(path, threads=1).version
     return _versions[key]
+
+
+# --- `squeezesam models ...` (registered through backend.cli.COMMAND_MODULES) ------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `models` commands: list | promote VERSION | rollback | register ONNX VERSION."""
+    models = subparsers.add_parser("models", help="the model registry (fine-tuned versions)")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    msub.add_parser("list", help="registered versions; * marks the active one").set_defaults(
+        func=cmd_models_list
+    )
+    promote = msub.add_parser("promote", help="validate VERSION and make it active")
+    promote.add_argument("version")
+    promote.set_defaults(func=cmd_models_promote)
+    msub.add_parser("rollback", help="back to the previously active version").set_defaults(
+        func=cmd_models_rollback
+    )
+    reg = msub.add_parser("register", help="copy an ONNX file in as VERSION")
+    reg.add_argument("onnx", type=Path)
+    reg.add_argument("version")
+    reg.add_argument("--card", type=Path, help="JSON file: metrics, data_size, parent_version")
+    reg.set_defaults(func=cmd_models_register)
+
+
+def _cli_registry() -> Registry:
+    from squeezesam.backend.settings import Settings
+
+    return model_registry(Settings.from_env())
+
+
+def _cli_fail(exc: Exception) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    registry = _cli_registry()
+    versions = registry.list()
+    if not versions:
+        print(f"no registered versions in {registry.root}; serving {registry.active_path()}")
+    for m in versions:
+        metrics = json.dumps(m.card.get("metrics", {}), sort_keys=True)
+        print(f"{'*' if m.active else ' '} {m.version}  {m.card.get('created', '')}  {metrics}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    try:
+        _cli_registry().promote(args.version)
+    except RegistryError as exc:
+        return _cli_fail(exc)
+    print(f"active: {args.version}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    registry = _cli_registry()
+    try:
+        version = registry.rollback()
+    except RegistryError as exc:
+        return _cli_fail(exc)
+    print(f"active: {version or 'the shipped model'} ({registry.active_path()})")
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    try:
+        card = json.loads(args.card.read_text()) if args.card else {}
+        path = _cli_registry().register(args.onnx, args.version, card)
+    except (RegistryError, OSError, ValueError) as exc:
+        return _cli_fail(exc)
+    print(f"registered {args.version}: {path}")
+    return 0
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -87,14 +87,18 @@ def enqueue_training(
 def schedule_once(connection: redis.Redis, settings: Settings) -> list[str]:
     """One scheduler tick: queue every project with enough new labels; returns job ids."""
     from squeezesam.backend.store import Store
-    from squeezesam.backend.training import new_labels_since_last_run, projects
+    from squeezesam.backend.store.reads import new_labels_since_last_run, project_ids, reading
 
     if settings.train_min_new_labels <= 0:
         return []
     store = Store.open(settings)
     try:
-        due = [p for p in projects(store)
-               if new_labels_since_last_run(store, p) >= settings.train_min_new_labels]  # fmt: skip
+        with reading(store.engine) as conn:
+            due = [
+                p
+                for p in project_ids(conn)
+                if new_labels_since_last_run(conn, p) >= settings.train_min_new_labels
+            ]
     finally:
         store.close()
     return [enqueue_training(connection, p, trigger="schedule").id for p in due]

@@ -5,7 +5,7 @@ One run, in order:
 1. take the training lock (Redis, with a TTL renewed while the run lives, so a killed
    train worker's lock expires by itself) and mark runs left "running" by a dead worker
    as failed;
-2. catch up with Label Studio (`collect.reconcile`) when its URL and key are set; if it
+2. catch up with Label Studio (`reconcile.reconcile`) when its URL and key are set; if it
    is down the run goes on with what the store holds (nothing collected is lost);
 3. export the project's accepted labels to the dataset folder format
    (`<data dir>/training/p<project>/dataset`; images fetched once through the service's
@@ -16,7 +16,7 @@ One run, in order:
 5. `models.finetune.gate` on the held-out split and the base guard set; the candidate is
    registered either way (its card says what the gate decided, so an operator can still
    `squeezesam models promote` it) and made active only if the gate says so;
-6. one row in `training_runs` (events.record_training_run) from start to finish: data
+6. one row in `training_runs` (store/runs.py) from start to finish: data
    size, duration, both models' metrics, decision and reason.
 
 torch is imported inside `train_project` only: web and model-serving workers import
@@ -37,13 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 
-from squeezesam.backend import events, export_labels
-from squeezesam.backend.collect import LabelStudioSource, ReconcileError, reconcile
+from squeezesam.backend import export_labels
+from squeezesam.backend.reconcile import LabelStudioSource, ReconcileError, reconcile
 from squeezesam.backend.registry import Registry, model_version_of
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
+from squeezesam.backend.store.runs import (
+    close_interrupted_runs,
+    record_training_run,
+    update_training_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +119,6 @@ def _image_loader(settings: Settings) -> export_labels.ImageLoader:
     return lambda ref: decode(fetcher.fetch(ref), settings.image_max_pixels)
 
 
-def _close_interrupted_runs(store: Store) -> None:
-    """Rows still "running" belong to a worker that died (we hold the lock now)."""
-    events.ensure_training_runs(store.engine)
-    t = events.training_runs_table
-    with store.engine.begin() as conn:
-        conn.execute(
-            t.update()
-            .where(t.c.status == "running")
-            .values(status="failed", finished_at=_now(), decision="none",
-                    reason="interrupted: the train worker stopped during the run")
-        )  # fmt: skip
-
-
 def _reconcile(settings: Settings, store: Store, project_id: int | None) -> str:
     if project_id is None or not (settings.label_studio_url and settings.label_studio_api_key):
         return "skipped"
@@ -143,17 +134,17 @@ def _reconcile(settings: Settings, store: Store, project_id: int | None) -> str:
 def train_project(settings: Settings, store: Store, request: TrainRequest) -> dict[str, Any]:
     """One run (the caller holds the training lock). Returns a summary dict."""
     registry = Registry(settings.registry_path, default_model=settings.model_file)
-    _close_interrupted_runs(store)
+    close_interrupted_runs(store.engine)  # their worker died: we hold the lock now
     started, t0 = _now(), time.monotonic()
     current_version = model_version_of(registry.active_path())
-    run_id = events.record_training_run(
+    run_id = record_training_run(
         store.engine, project=request.project_id, started_at=started, status="running",
         current_version=current_version, reason=f"trigger: {request.trigger}",
     )  # fmt: skip
 
     def finish(status: str, decision: str, reason: str, **values: Any) -> dict[str, Any]:
         duration = round(time.monotonic() - t0, 1)
-        events.update_training_run(store.engine, run_id, status=status, finished_at=_now(),
+        update_training_run(store.engine, run_id, status=status, finished_at=_now(),
                                    duration_s=duration, decision=decision, reason=reason,
                                    **values)  # fmt: skip
         log.info("training run %d: %s (%s)", run_id, decision, reason)
@@ -229,38 +220,3 @@ def _train_and_gate(
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-# --- what the scheduler asks ----------------------------------------------------------------
-
-
-def new_labels_since_last_run(store: Store, project_id: int) -> int:
-    """Kept annotations of the project stored after its last run started (all runs if none)."""
-    from squeezesam.backend.store_schema import annotations
-
-    events.ensure_training_runs(store.engine)
-    a, t = annotations.c, events.training_runs_table.c
-    with store.engine.connect() as conn:
-        last = conn.execute(
-            sa.select(sa.func.max(t.started_at)).where(
-                sa.or_(t.project == project_id, t.project.is_(None))
-            )
-        ).scalar()
-        query = sa.select(sa.func.count()).where(
-            a.project_id == project_id, a.deleted.is_(False), a.was_cancelled.is_(False)
-        )
-        if last is not None:
-            query = query.where(a.stored_at > last)
-        return int(conn.execute(query).scalar() or 0)
-
-
-def projects(store: Store) -> list[int]:
-    from squeezesam.backend.store_schema import annotations
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(annotations.c.project_id)
-            .distinct()
-            .where(annotations.c.project_id.is_not(None))
-        )
-        return sorted(int(r[0]) for r in rows)

@@ -6,9 +6,10 @@
 
 The blueprint adds no auth of its own: `init_dashboard` registers it on the app from the
 app factory, whose `before_request` guard (HTTP Basic auth) covers every endpoint that is
-not explicitly open, this one included. Figures come from the label store
-(figures.py); running pre-annotation jobs from Redis (events.py). Charts are SVG drawn
-by static/dashboard.js, shipped here: no CDN, the machines have no network.
+not explicitly open, this one included. Figures come from the label store's read path
+(figures.py over store/label_rows.py); running pre-annotation jobs from Redis
+(progress.py). Charts are SVG drawn by static/dashboard.js, shipped here: no CDN, the
+machines have no network.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from flask import Blueprint, Flask, Response, abort, current_app, render_templat
 from sqlalchemy.engine import Engine
 
 from squeezesam.backend.dashboard import figures
-from squeezesam.backend.events import read_progress
+from squeezesam.backend.progress import read_progress
+from squeezesam.backend.store.reads import reading
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,12 @@ def _data() -> dict[str, Any]:
     period = _period()
     sources = _sources()
     if period.project_id is None:  # default: the most recently labelled project
-        with figures.read_engine(sources.engine).connect() as conn:
+        with reading(sources.engine) as conn:
             known = figures.projects(conn)
         if known:
             period = figures.Period(known[0]["project"], period.start, period.end)
     else:
-        with figures.read_engine(sources.engine).connect() as conn:
+        with reading(sources.engine) as conn:
             known = figures.projects(conn)
     data = figures.compute(sources.engine, period)
     data["projects"] = known

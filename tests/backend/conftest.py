@@ -20,14 +20,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from squeezesam.backend import events
 from squeezesam.backend.app import create_app
 from squeezesam.backend.queues import alive_workers
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.serve import web_server
 from squeezesam.backend.settings import Settings
-from squeezesam.backend.store import Store, _engine_url
-from squeezesam.backend.store_schema import metadata
+from squeezesam.backend.store import Store, engine_url
+from squeezesam.backend.store.schema import metadata
 
 
 def free_port() -> int:
@@ -325,11 +324,9 @@ def open_store(kind: str, tmp_path: Path) -> Store:
     url = os.environ.get("SQUEEZESAM_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("PostgreSQL: set SQUEEZESAM_TEST_POSTGRES_URL (e.g. from .ci/postgres.sh)")
-    engine = sa.create_engine(_engine_url(url, tmp_path))
-    events.training_metadata.drop_all(engine)  # each test starts from empty tables
-    metadata.drop_all(engine)
+    engine = sa.create_engine(engine_url(url, tmp_path))
+    metadata.drop_all(engine)  # each test starts from empty tables (training_runs too)
     engine.dispose()
-    events._ensured.clear()
     return Store(tmp_path / "data", url)
 
 

@@ -25,10 +25,11 @@ import redis
 from werkzeug.serving import make_server
 
 from squeezesam.backend.app import create_app
-from squeezesam.backend.events import progress_advance, progress_start, record_training_run
+from squeezesam.backend.progress import progress_advance, progress_start
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import annotations, clicks, objects
+from squeezesam.backend.store.runs import record_training_run
+from squeezesam.backend.store.schema import annotations, clicks, objects
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_PNG = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"

@@ -1,7 +1,7 @@
 """Dashboard figures against a hand-built history whose answers are worked out by hand.
 
 The history is stored through the label store's public API (save_annotation,
-record_clicks, mark_deleted) and events.record_training_run; every expected number
+record_clicks, mark_deleted) and store.runs.record_training_run; every expected number
 below is derived in the comments from that history.
 """
 
@@ -17,11 +17,11 @@ import pytest
 import sqlalchemy as sa
 
 from squeezesam.backend.dashboard import figures, init_dashboard
-from squeezesam.backend.events import record_training_run
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import (
+from squeezesam.backend.store.runs import record_training_run
+from squeezesam.backend.store.schema import (
     AnnotationRecord,
-    Click,
+    ClickRecord,
     ObjectRecord,
     annotations,
     clicks,
@@ -74,9 +74,13 @@ def seed_history(store: Store) -> None:
         assert store.save_annotation(record) == "created"
     store.mark_deleted([6], P)
     # 3 clicks on task 1000 (v1), 2 on task 1001 (v2), 1 on project 8's task 2000
-    store.record_clicks(P, 1000, [Click(10, 10, True, region_id=f"k{i}") for i in range(3)], "v1")
-    store.record_clicks(P, 1001, [Click(10, 10, True, region_id=f"m{i}") for i in range(2)], "v2")
-    store.record_clicks(8, 2000, [Click(10, 10, True, region_id="n0")], "v1")
+    store.record_clicks(
+        P, 1000, [ClickRecord(10, 10, True, region_id=f"k{i}") for i in range(3)], "v1"
+    )
+    store.record_clicks(
+        P, 1001, [ClickRecord(10, 10, True, region_id=f"m{i}") for i in range(2)], "v2"
+    )
+    store.record_clicks(8, 2000, [ClickRecord(10, 10, True, region_id="n0")], "v1")
 
 
 PERIOD = figures.Period.parse(str(P), "2026-03-01", "2026-03-02")  # two whole days
@@ -184,7 +188,6 @@ def test_acceptance_from_served_regions_split_by_version(tmp_path):
     A21 (task 3001, served v2 x1): kept as served but relabelled -> changed, IoU 1.
     A22 (task 3002, served v2 x1 by a click): not a pre-annotation, left out.
     v1: 3 served, 1 unchanged -> 1/3; start IoU (1 + 0.5) / 2.  v2: 0/1, IoU 1."""
-    from squeezesam.backend import collect
     from squeezesam.backend.labelstudio import brush_result, parse_label_config, prediction
 
     config = parse_label_config(
@@ -200,7 +203,7 @@ def test_acceptance_from_served_regions_split_by_version(tmp_path):
     def served(task, masks, version, kind="preannotation"):
         item = prediction([brush_result(m > 0, "Person", 0.9, config) for m in masks], 0.9,
                           version)  # fmt: skip
-        assert collect.record_served(s, task, item, kind) == len(masks)
+        assert s.record_served_item(task, item, kind) == len(masks)
         return item["result"]
 
     def final(aid, task, regions, when):

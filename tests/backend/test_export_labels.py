@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from squeezesam.backend import collect, export_labels
+from squeezesam.backend import export_labels, webhooks
 from squeezesam.backend.store import Store
 from squeezesam.models.data import load_set
 
@@ -62,7 +62,7 @@ def annotate(store: Store, task_id: int, index: np.ndarray, objs: list[tuple[int
     payload["annotation"].update(id=1000 + task_id, task=task_id, result=regions)
     payload["task"]["id"] = task_id
     payload["task"]["data"]["image"] = f"/data/upload/2/{task_id}.jpg"
-    collect.handle_event(store, payload)
+    webhooks.handle_event(store, payload)
 
 
 @pytest.fixture()

@@ -3,7 +3,7 @@ unusable, a newly active model does not load. The service keeps answering and no
 accepted label is lost or half-written.
 
 Covered elsewhere (not repeated here): a worker SIGKILLed mid-click (test_worker.py),
-no worker at all (test_worker.py), Label Studio down during reconcile (test_collect.py)
+no worker at all (test_worker.py), Label Studio down during reconcile (test_reconcile.py)
 and during pre-annotation (test_preannotate.py), mask writes failing inside the store
 (test_store.py).
 """
@@ -27,9 +27,9 @@ import redis
 import requests
 from PIL import Image
 
-from squeezesam.backend import store_io
 from squeezesam.backend.app import create_app
 from squeezesam.backend.store import Store
+from squeezesam.backend.store import db as store_db
 
 from .conftest import CAPTURES, click_body, free_port, keypoint, upload_ref
 
@@ -203,7 +203,7 @@ def test_disk_full_during_a_webhook_is_a_clear_503_and_nothing_half_written(stor
     def full(_fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_io.os, "fsync", full)
+    monkeypatch.setattr(store_db.os, "fsync", full)
     answer = client.post("/webhook", json=updated)
     assert answer.status_code == 503, answer.json
     assert "No space left" in answer.json["error"] and "mask" in answer.json["error"]

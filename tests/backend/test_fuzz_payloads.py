@@ -1,7 +1,7 @@
 """Label Studio payloads under arbitrary input: a typed error or a valid result, never a crash.
 
 Covers the parsers (labelstudio.parse_label_config / parse_context / task_image /
-task_regions, collect.parse_annotation / clicks_from_context, masks.decode_brush_rle) and
+task_regions, webhooks.parse_annotation / clicks_from_context, masks.decode_brush_rle) and
 the routes `/predict`, `/setup`, `/webhook` through Flask's test client: every generated
 body answers < 500 with a JSON `error` naming the problem, or a valid result. The queue
 is stubbed for the routes (what the worker does is covered by the image and worker
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from label_studio_sdk.converter.brush import mask2rle
 
-from squeezesam.backend import collect, labelstudio
+from squeezesam.backend import labelstudio, webhooks
 from squeezesam.backend.jobs import Outcome
 from squeezesam.backend.labelstudio import PayloadError, parse_context, parse_label_config
 from squeezesam.backend.masks import MAX_RLE_PIXELS, decode_brush_rle
@@ -180,7 +180,7 @@ def test_task_image(task_id, data, label_config):
 @FUZZ
 @given(contexts)
 def test_clicks_from_context_never_raises(context):
-    for click in collect.clicks_from_context(context):
+    for click in webhooks.clicks_from_context(context):
         assert math.isfinite(click.x) and math.isfinite(click.y)
 
 
@@ -286,7 +286,7 @@ def test_parse_annotation(result, annotation_id, task, updated_at):
     annotation = {"id": annotation_id, "result": result, "updated_at": updated_at,
                   "project": 1}  # fmt: skip
     try:
-        record = collect.parse_annotation(annotation, task, 1)
+        record = webhooks.parse_annotation(annotation, task, 1)
     except PayloadError as exc:
         assert exc.status in (400, 422) and str(exc)
         return

@@ -14,11 +14,12 @@ from rq import Queue
 
 from squeezesam.backend import metrics
 from squeezesam.backend.app import create_app
-from squeezesam.backend.events import progress_advance, progress_start, record_training_run
+from squeezesam.backend.progress import progress_advance, progress_start
 from squeezesam.backend.queues import alive_key
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import AnnotationRecord, Click
+from squeezesam.backend.store.runs import record_training_run
+from squeezesam.backend.store.schema import AnnotationRecord, ClickRecord
 
 
 def value(text: str, name: str, **labels: str) -> float | None:
@@ -82,7 +83,7 @@ def test_state_from_redis_and_the_store(tmp_path, conn):
                                                was_cancelled=cancelled))  # fmt: skip
     store.mark_deleted([2], 5)
     store.record_clicks(
-        5, 101, [Click(1, 1, True, region_id="a"), Click(2, 2, False, region_id="b")]
+        5, 101, [ClickRecord(1, 1, True, region_id="a"), ClickRecord(2, 2, False, region_id="b")]
     )
     record_training_run(store.engine, project=5, started_at=when, status="finished",
                         decision="promoted")  # fmt: skip

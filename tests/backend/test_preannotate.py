@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from squeezesam.backend import events
+from squeezesam.backend import progress
 from squeezesam.backend.preannotate import enqueue_tasks, run_status, start_project
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.registry import model_version
@@ -193,7 +193,7 @@ def test_crash_halfway_then_restart_finishes_without_duplicates(
 def test_progress_contract(conn, pre_settings, standin, pool, sample_images):
     project, ids = new_project(standin, [sample_images[3].name])
     run_project(conn, pre_settings, project)
-    [progress] = events.read_progress(conn, project)
+    [run] = progress.read_progress(conn, project)
     assert progress.state == "finished" and progress.model_version == model_version(pre_settings)
 
 

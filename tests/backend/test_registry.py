@@ -123,10 +123,8 @@ def test_active_is_replaced_atomically_never_half_written(registry, model_path, 
 def run_cli(*argv: str) -> int:
     import argparse
 
-    from squeezesam.backend import store_cli
-
     parser = argparse.ArgumentParser()
-    store_cli.register(parser.add_subparsers(dest="command"))
+    registry_module.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -143,12 +141,3 @@ def test_models_cli_lists_promotes_and_rolls_back(tmp_path, model_path, monkeypa
     assert run_cli("models", "rollback") == 0
     assert "the shipped model" in capsys.readouterr().out
     assert Registry(tmp_path / "registry").active() is None
-
-
-def test_labels_cli_stats_and_coco_export_on_an_empty_store(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SQUEEZESAM_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    assert run_cli("labels", "stats") == 0
-    assert json.loads(capsys.readouterr().out)["projects"] == {}
-    assert run_cli("labels", "export", "--format", "coco", "--out", str(tmp_path / "x")) == 0
-    assert json.loads((tmp_path / "x" / "annotations.json").read_text())["images"] == []

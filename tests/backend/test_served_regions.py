@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from label_studio_sdk.converter.brush import mask2rle
 
-from squeezesam.backend import collect
+from squeezesam.backend import webhooks
 from squeezesam.backend.labelstudio import brush_result, parse_label_config, prediction
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import ADDED_COLUMNS, objects
+from squeezesam.backend.store.schema import ADDED_COLUMNS, objects
 
 from .conftest import open_store
 from .test_store import brush_payload, real_objects
@@ -61,24 +61,24 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_served_regions_are_recorded_once_per_task_and_region(store):
     index, objs = real_objects()
     item = served_item([(index == k, "Person") for k, _ in objs[:2]])
-    assert collect.record_served(store, TASK, item, "preannotation") == 2
-    assert collect.record_served(store, TASK, item, "preannotation") == 0  # a cached resend
+    assert store.record_served_item(TASK, item, "preannotation") == 2
+    assert store.record_served_item(TASK, item, "preannotation") == 0  # a cached resend
     rows = store.served_for_task(TASK)
     assert {r["region_id"] for r in rows} == {r["id"] for r in item["result"]}
     assert {(r["kind"], r["model_version"], r["label"]) for r in rows} == {
         ("preannotation", "v7", "Person")}  # fmt: skip
     # malformed items are skipped, never raised
-    assert collect.record_served(store, TASK, '{"result": [{"type": "brushlabels"}]}', "x") == 0
-    assert collect.record_served(store, TASK, "not json", "click") == 0
+    assert store.record_served_item(TASK, '{"result": [{"type": "brushlabels"}]}', "x") == 0
+    assert store.record_served_item(TASK, "not json", "click") == 0
 
 
 def test_accepted_unchanged_gets_iou_1_and_the_version(store):
     index, objs = real_objects()
     item = served_item([(index == k, "Person") for k, _ in objs[:2]])
-    collect.record_served(store, TASK, item, "preannotation")
+    store.record_served_item(TASK, item, "preannotation")
     payload = annotation_from(item, [(0, None, "Person"), (1, None, "Person")])
     assert payload["annotation"]["prediction"] == {}  # as Label Studio sends it
-    assert collect.handle_event(store, payload)["result"] == "created"
+    assert webhooks.handle_event(store, payload)["result"] == "created"
     rows = start_columns(store)
     assert [r["start_iou"] for r in rows] == [1.0, 1.0]
     assert {(r["start_model_version"], r["start_kind"]) for r in rows} == {("v7", "preannotation")}
@@ -91,8 +91,8 @@ def test_changed_object_gets_the_true_iou_and_deleted_ones_are_counted(store):
     assert len(objs) >= 3
     served = [(index == k, "Person") for k, _ in objs[:3]]
     item = served_item(served)
-    collect.record_served(store, TASK, item, "preannotation")
-    collect.record_served(store, TASK, served_item(served[:1], "v8"), "click")  # not this batch
+    store.record_served_item(TASK, item, "preannotation")
+    store.record_served_item(TASK, served_item(served[:1], "v8"), "click")  # not this batch
     # the annotator grows object 0 by its neighbour object 2's pixels, relabels object 1,
     # deletes object 2 and draws one by hand
     edited = np.logical_or(served[0][0], index == objs[2][0])
@@ -100,7 +100,7 @@ def test_changed_object_gets_the_true_iou_and_deleted_ones_are_counted(store):
     manual = copy.deepcopy(payload["annotation"]["result"][1])
     manual["id"], manual["origin"] = "drawn-by-hand", "manual"
     payload["annotation"]["result"].append(manual)
-    collect.handle_event(store, payload)
+    webhooks.handle_event(store, payload)
     rows = start_columns(store)
     assert rows[0]["start_iou"] == pytest.approx(iou(served[0][0], edited), abs=1e-9)
     assert rows[0]["start_iou"] < 1.0
@@ -111,7 +111,7 @@ def test_changed_object_gets_the_true_iou_and_deleted_ones_are_counted(store):
 
 
 def test_nothing_served_leaves_the_columns_empty(store):
-    collect.handle_event(store, brush_payload([(np.ones((3, 3), np.uint8), "Person")]))
+    webhooks.handle_event(store, brush_payload([(np.ones((3, 3), np.uint8), "Person")]))
     [row] = start_columns(store)
     assert row["start_iou"] is None and store.get_annotation(50)["served_deleted"] is None
 
@@ -119,21 +119,21 @@ def test_nothing_served_leaves_the_columns_empty(store):
 def test_a_broken_served_row_never_fails_the_label(store):
     index, objs = real_objects()
     item = served_item([(index == objs[0][0], "Person")])
-    collect.record_served(store, TASK, item, "preannotation")
+    store.record_served_item(TASK, item, "preannotation")
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE served_regions SET rle = '[1, 2, 3]'")
-    assert collect.handle_event(store, annotation_from(item, [(0, None, "Person")]))[
+    assert webhooks.handle_event(store, annotation_from(item, [(0, None, "Person")]))[
         "result"] == "created"  # fmt: skip
     assert start_columns(store)[0]["start_iou"] is None
 
 
 def test_old_retention_rows_are_dropped(store):
     index, objs = real_objects()
-    collect.record_served(store, 5, served_item([(index == objs[0][0], "Person")]), "click")
+    store.record_served_item(5, served_item([(index == objs[0][0], "Person")]), "click")
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE served_regions SET served_at = :t"),
                      {"t": dt.datetime(2000, 1, 1)})  # fmt: skip
-    collect.record_served(store, TASK, served_item([(index == objs[1][0], "Pet")]), "click")
+    store.record_served_item(TASK, served_item([(index == objs[1][0], "Pet")]), "click")
     assert store.served_for_task(5) == [] and len(store.served_for_task(TASK)) == 1
 
 
@@ -152,7 +152,7 @@ def test_an_old_database_gets_the_new_columns(kind, tmp_path):
     database = "" if kind == "sqlite" else url
     for _ in range(2):  # idempotent: the second open finds them
         reopened = Store(tmp_path / "data", database)
-        collect.handle_event(reopened, brush_payload([(np.ones((3, 3), np.uint8), "Person")]))
+        webhooks.handle_event(reopened, brush_payload([(np.ones((3, 3), np.uint8), "Person")]))
         reopened.close()
     engine = sa.create_engine(url)
     for table, name in ADDED_COLUMNS:

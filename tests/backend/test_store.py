@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 from label_studio_sdk.converter.brush import mask2rle
 
-from squeezesam.backend import collect
+from squeezesam.backend import webhooks
 from squeezesam.backend.store import Store, StoreError
-from squeezesam.backend.store_schema import Click, metadata
+from squeezesam.backend.store.schema import ClickRecord, metadata
 
 CAPTURES = Path(
     os.environ.get(
@@ -71,7 +71,7 @@ def brush_payload(masks: list[tuple[np.ndarray, str]], annotation_id: int = 50) 
 def test_stored_mask_png_equals_what_the_rle_encodes(store):
     index, objs = real_objects()
     masks = [(index == k, {"person": "Person", "pet": "Pet"}.get(lab, "Car")) for k, lab in objs]
-    answer = collect.handle_event(store, brush_payload(masks))
+    answer = webhooks.handle_event(store, brush_payload(masks))
     assert answer == {"status": "ok", "result": "created", "annotation": 50}
     [stored] = store.training_annotations()
     assert [o.label for o in stored.objects] == [lab for _, lab in masks]
@@ -84,15 +84,15 @@ def test_stored_mask_png_equals_what_the_rle_encodes(store):
 
 def test_same_webhook_twice_is_stored_once(store):
     payload = webhook("62_*__ml_webhook.json")
-    assert collect.handle_event(store, payload)["result"] == "created"
-    assert collect.handle_event(store, payload)["result"] == "duplicate"
+    assert webhooks.handle_event(store, payload)["result"] == "created"
+    assert webhooks.handle_event(store, payload)["result"] == "duplicate"
     assert len(store.training_annotations()) == 1
     assert len(list(store.masks_dir.rglob("*.png"))) == 1  # the resend wrote no file
 
 
 def test_older_version_arriving_late_does_not_overwrite_newer(store):
-    collect.handle_event(store, webhook("65_*__ml_webhook.json"))  # updated: label Pet
-    assert collect.handle_event(store, webhook("62_*__ml_webhook.json"))["result"] == "duplicate"
+    webhooks.handle_event(store, webhook("65_*__ml_webhook.json"))  # updated: label Pet
+    assert webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))["result"] == "duplicate"
     [stored] = store.training_annotations()
     assert [o.label for o in stored.objects] == ["Pet"]
 
@@ -100,12 +100,12 @@ def test_older_version_arriving_late_does_not_overwrite_newer(store):
 def test_update_replaces_objects_and_removes_the_old_mask_files(store):
     index, objs = real_objects()
     two = [(index == objs[0][0], "Person"), (index == objs[1][0], "Person")]
-    collect.handle_event(store, brush_payload(two))
+    webhooks.handle_event(store, brush_payload(two))
     old_files = set(store.masks_dir.rglob("*.png"))
     update = brush_payload([(index == objs[1][0], "Pet")])
     update["action"] = "ANNOTATION_UPDATED"
     update["annotation"]["updated_at"] = "2030-01-01T00:00:00.000001Z"
-    assert collect.handle_event(store, update)["result"] == "updated"
+    assert webhooks.handle_event(store, update)["result"] == "updated"
     [stored] = store.training_annotations()
     assert [(o.number, o.label) for o in stored.objects] == [(1, "Pet")]
     assert not (old_files & set(store.masks_dir.rglob("*.png")))  # old files gone
@@ -114,13 +114,13 @@ def test_update_replaces_objects_and_removes_the_old_mask_files(store):
 
 def test_deleted_annotation_is_a_tombstone_that_nothing_resurrects(store):
     created = webhook("62_*__ml_webhook.json")
-    collect.handle_event(store, created)
+    webhooks.handle_event(store, created)
     assert store.mark_deleted([1], 2) == 1
     assert store.training_annotations() == []
     assert store.get_annotation(1)["deleted"] is True
     again = copy.deepcopy(created)
     again["annotation"]["updated_at"] = "2030-01-01T00:00:00Z"  # even a newer version
-    assert collect.handle_event(store, again)["result"] == "deleted"
+    assert webhooks.handle_event(store, again)["result"] == "deleted"
     assert store.training_annotations() == []
     # a deletion for an id never seen leaves a tombstone too
     assert store.mark_deleted([77]) == 1
@@ -130,14 +130,14 @@ def test_deleted_annotation_is_a_tombstone_that_nothing_resurrects(store):
 def test_cancelled_annotation_is_kept_but_is_not_training_data(store):
     payload = copy.deepcopy(webhook("62_*__ml_webhook.json"))
     payload["annotation"]["was_cancelled"] = True
-    assert collect.handle_event(store, payload)["result"] == "created"
+    assert webhooks.handle_event(store, payload)["result"] == "created"
     assert store.get_annotation(1)["was_cancelled"] is True
     assert store.training_annotations() == []
     assert list(store.masks_dir.rglob("*.png")) == []
 
 
 def test_annotation_row_keeps_annotator_lead_time_and_parent_prediction(store):
-    collect.handle_event(store, webhook("62_*__ml_webhook.json"))
+    webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
     row = store.get_annotation(1)
     assert (row["project_id"], row["task_id"], row["annotator"]) == (2, 1, 1)
     assert row["lead_time"] == pytest.approx(12.3)
@@ -150,9 +150,9 @@ def test_annotation_row_keeps_annotator_lead_time_and_parent_prediction(store):
 def test_record_clicks_from_a_captured_context_skips_resent_keypoints(store):
     body = webhook("60_*__ml_predict.json")
     context = body["params"]["context"]
-    project = collect.project_id_of(body["project"])
+    project = webhooks.project_id_of(body["project"])
     task = body["tasks"][0]["id"]
-    clicks = collect.clicks_from_context(context)
+    clicks = webhooks.clicks_from_context(context)
     assert [(c.is_positive, c.label) for c in clicks] == [(True, "Person"), (False, "Person")]
     assert store.record_clicks(project, task, clicks, model_version="m1") == 2
     assert store.record_clicks(project, task, clicks, model_version="m1") == 0
@@ -163,14 +163,14 @@ def test_record_clicks_from_a_captured_context_skips_resent_keypoints(store):
     ]
     assert stored[0]["model_version"] == "m1" and stored[0]["project_id"] == 2
     # clicks without a region id are all kept
-    assert store.record_clicks(project, task, [Click(1.0, 2.0, True)] * 2) == 2
+    assert store.record_clicks(project, task, [ClickRecord(1.0, 2.0, True)] * 2) == 2
 
 
 def test_stats_count_kept_deleted_objects_and_clicks(store):
-    collect.handle_event(store, webhook("62_*__ml_webhook.json"))
-    collect.handle_event(store, webhook("68_*__ml_webhook.json"))
-    collect.handle_event(store, webhook("70_*__ml_webhook.json"))
-    store.record_clicks(2, 1, [Click(1.0, 2.0, True, region_id="a")])
+    webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
+    webhooks.handle_event(store, webhook("68_*__ml_webhook.json"))
+    webhooks.handle_event(store, webhook("70_*__ml_webhook.json"))
+    store.record_clicks(2, 1, [ClickRecord(1.0, 2.0, True, region_id="a")])
     stats = store.stats()["projects"]["2"]
     assert stats["annotations"] == {"kept": 1, "deleted": 1, "cancelled": 0}
     assert stats["objects"] == {"Person": 1} and stats["clicks"] == 1
@@ -180,9 +180,9 @@ def test_disk_full_while_writing_masks_raises_store_error_and_leaves_nothing(sto
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("squeezesam.backend.store_io.os.fsync", full)
+    monkeypatch.setattr("squeezesam.backend.store.db.os.fsync", full)
     with pytest.raises(StoreError, match=r"cannot write mask .*\.png: No space left"):
-        collect.handle_event(store, webhook("62_*__ml_webhook.json"))
+        webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
     monkeypatch.undo()
     assert store.get_annotation(1) is None
     assert [p for p in store.masks_dir.rglob("*") if p.is_file()] == []
@@ -191,7 +191,7 @@ def test_disk_full_while_writing_masks_raises_store_error_and_leaves_nothing(sto
 def test_unwritable_mask_folder_raises_store_error_naming_it(store):
     (store.masks_dir / "p2").write_text("a file where the project folder belongs")
     with pytest.raises(StoreError, match=r"masks/p2/a1"):
-        collect.handle_event(store, webhook("62_*__ml_webhook.json"))
+        webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
     assert store.get_annotation(1) is None
 
 
@@ -199,7 +199,7 @@ def test_database_failure_mid_transaction_keeps_no_row_and_no_mask(store):
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE objects"))  # the objects insert will fail
     with pytest.raises(StoreError, match="storing annotation 1 failed"):
-        collect.handle_event(store, webhook("62_*__ml_webhook.json"))
+        webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
     metadata.create_all(store.engine)
     assert store.get_annotation(1) is None  # the annotation row was rolled back too
     assert list(store.masks_dir.rglob("*.png")) == []
@@ -221,3 +221,26 @@ def test_data_dir_under_a_file_raises_store_error_naming_the_path(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match=r"file/data/masks"):
         Store(tmp_path / "file" / "data")
+
+
+# --- `squeezesam labels ...` (store/cli.py) ---------------------------------------------------
+
+
+def run_labels_cli(*argv: str) -> int:
+    import argparse
+
+    from squeezesam.backend.store import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_labels_cli_stats_and_coco_export_on_an_empty_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SQUEEZESAM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert run_labels_cli("labels", "stats") == 0
+    assert json.loads(capsys.readouterr().out)["projects"] == {}
+    assert run_labels_cli("labels", "export", "--format", "coco", "--out", str(tmp_path / "x")) == 0
+    assert json.loads((tmp_path / "x" / "annotations.json").read_text())["images"] == []

@@ -26,12 +26,13 @@ import sqlalchemy as sa
 from label_studio_sdk.converter.brush import mask2rle
 from rq.job import Job
 
-from squeezesam.backend import events
 from squeezesam.backend.app import create_app
 from squeezesam.backend.export_labels import split_of
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.registry import Registry
 from squeezesam.backend.store import Store
+from squeezesam.backend.store.reads import reading
+from squeezesam.backend.store.runs import training_runs
 from squeezesam.backend.train_queue import enqueue_training
 from squeezesam.backend.training import LOCK_KEY
 from squeezesam.models.data import discover_sets, load_set, write_set
@@ -209,9 +210,8 @@ class Service:
     def runs(self) -> list[dict]:
         store = Store.open(self.settings)
         try:
-            events.ensure_training_runs(store.engine)
-            with store.engine.connect() as conn:
-                return events.training_runs(conn, PROJECT)
+            with reading(store.engine) as conn:
+                return training_runs(conn, PROJECT)
         finally:
             store.close()
 
@@ -376,8 +376,12 @@ def test_a_train_worker_killed_mid_run_loses_nothing(service):
 
 
 def test_new_labels_since_last_run_drive_the_scheduler(service):
+    from squeezesam.backend.store.reads import new_labels_since_last_run as new_labels
     from squeezesam.backend.train_queue import schedule_once
-    from squeezesam.backend.training import new_labels_since_last_run
+
+    def new_labels_since_last_run(store: Store, project: int) -> int:
+        with reading(store.engine) as conn:
+            return new_labels(conn, project)
 
     store = Store.open(service.settings)
     try:

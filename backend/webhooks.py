@@ -1,9 +1,10 @@
-"""Label Studio webhooks (and a periodic API catch-up) into the label store.
+"""Label Studio webhooks into the label store (annotations in; what to queue out).
 
 `handle_event(store, payload)` is what `/webhook` calls. Label Studio gives a webhook 1 s
 and never resends it, so this stays synchronous but small: parse, decode the brush RLE,
 write a few PNGs, one transaction (a few ms per mask; see tests). Whatever a webhook
-missed (backend down, timeout), `reconcile` catches up from the Label Studio API.
+missed (backend down, timeout), reconcile.py catches up from the Label Studio API with
+the same `parse_annotation`.
 
 Payload shapes: ../shared/labelstudio/README.md section 6 and captures 09, 62-72.
 """
@@ -11,29 +12,20 @@ Payload shapes: ../shared/labelstudio/README.md section 6 and captures 09, 62-72
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-from squeezesam.backend.labelstudio import PayloadError as _LSPayloadError
+from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.masks import decode_brush_rle
 from squeezesam.backend.store import Store
-from squeezesam.backend.store_schema import AnnotationRecord, Click, ObjectRecord, ServedRegion
+from squeezesam.backend.store.schema import AnnotationRecord, ClickRecord, ObjectRecord
 
 log = logging.getLogger(__name__)
 
 # The SDK's TRAIN_EVENTS says ANNOTATION_DELETED; Label Studio 1.23.2 sends the plural.
 DELETE_ACTIONS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
-
-
-class PayloadError(_LSPayloadError):
-    """A malformed webhook or annotation (a ValueError; `status` 400 for the HTTP answer)."""
-
-
-class ReconcileError(RuntimeError):
-    """Label Studio could not be read; the store was not changed."""
 
 
 # --- webhooks -----------------------------------------------------------------------------
@@ -116,10 +108,10 @@ def parse_annotation(annotation: Any, task: Any, project: Any = None) -> Annotat
         updated_at=_time(
             annotation.get("updated_at") or annotation.get("created_at"), "updated_at"
         ),  # fmt: skip
-        annotator=_optional_int(annotation.get("completed_by")),
+        annotator=optional_int(annotation.get("completed_by")),
         lead_time=float(lead) if isinstance(lead, int | float) and math.isfinite(lead) else None,
         was_cancelled=cancelled,
-        parent_prediction=_optional_int(parent),
+        parent_prediction=optional_int(parent),
         model_version=_model_version(prediction, parent, task),
         prediction=prediction,
         result=result,
@@ -169,7 +161,7 @@ def _model_version(prediction: Any, parent: Any, task: Mapping[str, Any]) -> str
     return None
 
 
-def clicks_from_context(context: Any) -> list[Click]:
+def clicks_from_context(context: Any) -> list[ClickRecord]:
     """The keypoints of an interactive /predict `params.context` as Click rows.
 
     Rectangles are not clicks and are skipped; malformed regions are skipped too (the
@@ -184,123 +176,14 @@ def clicks_from_context(context: Any) -> list[Click]:
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in (x, y)):
             continue
         labels = value.get("keypointlabels") or value.get("labels") or []
-        out.append(Click(
+        out.append(ClickRecord(
             x=float(x), y=float(y), is_positive=item.get("is_positive", True) is not False,
             label=str(labels[0]) if isinstance(labels, list) and labels else None,
             region_id=_optional_str(item.get("id")),
-            image_width=_optional_int(item.get("original_width")),
-            image_height=_optional_int(item.get("original_height")),
+            image_width=optional_int(item.get("original_width")),
+            image_height=optional_int(item.get("original_height")),
         ))  # fmt: skip
     return out
-
-
-def served_regions_of(item: Any, kind: str) -> list[ServedRegion]:
-    """The brush regions (with an id) of one `/predict` result item, as served.
-
-    `item` is the item's JSON text (what the workers return) or the parsed dict. Anything
-    malformed is skipped: recording what was served must never fail a prediction."""
-    if isinstance(item, str | bytes):
-        item = json.loads(item)
-    if not isinstance(item, Mapping) or not isinstance(item.get("result"), list):
-        return []
-    version = _optional_str(item.get("model_version"))
-    out = []
-    for region in item["result"]:
-        if not isinstance(region, Mapping) or region.get("type") != "brushlabels":
-            continue
-        value = region.get("value")
-        rid, width, height = region.get("id"), region.get("original_width"), region.get(
-            "original_height")  # fmt: skip
-        rle = value.get("rle") if isinstance(value, Mapping) else None
-        if not (isinstance(rid, str) and rid and isinstance(rle, list) and rle):
-            continue
-        if _optional_int(width) is None or _optional_int(height) is None:
-            continue
-        labels = value.get("brushlabels") or []
-        out.append(ServedRegion(
-            region_id=rid, kind=kind, model_version=version,
-            label=str(labels[0]) if isinstance(labels, list) and labels else None,
-            width=width, height=height, rle=tuple(rle),
-        ))  # fmt: skip
-    return out
-
-
-def record_served(store: Store, task_id: Any, item: Any, kind: str) -> int:
-    """store.record_served for one served item; logs and returns 0 on any failure."""
-    try:
-        regions = served_regions_of(item, kind)
-        if not regions or _optional_int(task_id) is None:
-            return 0
-        return store.record_served(task_id, regions)
-    except Exception as exc:  # never fail a prediction for this
-        log.warning("served regions of task %s not recorded: %s: %s", task_id,
-                    type(exc).__name__, exc)  # fmt: skip
-        return 0
-
-
-# --- reconcile ----------------------------------------------------------------------------
-
-
-class AnnotationSource(Protocol):
-    """What reconcile needs from Label Studio."""
-
-    def list_annotations(
-        self, project_id: int
-    ) -> Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-        """Every current annotation of the project as (task, annotation) pairs."""
-        ...
-
-
-class LabelStudioSource:
-    """The real source: label-studio-sdk 2.x, tasks listed with their annotations."""
-
-    def __init__(self, base_url: str, api_key: str, page_size: int = 100) -> None:
-        from label_studio_sdk import LabelStudio  # heavy import, only when reconciling
-
-        self.client = LabelStudio(base_url=base_url, api_key=api_key)
-        self.page_size = page_size
-
-    def list_annotations(self, project_id: int) -> list[tuple[dict, dict]]:
-        pairs = []
-        tasks = self.client.tasks.list(project=project_id, fields="all", page_size=self.page_size)
-        for task in tasks:
-            # mode="json": times stay ISO strings, exactly as a webhook carries them
-            t = task.model_dump(mode="json") if hasattr(task, "model_dump") else dict(task)
-            for a in t.get("annotations") or []:
-                pairs.append((t, a if isinstance(a, dict) else dict(a)))
-        return pairs
-
-
-def reconcile(store: Store, source: AnnotationSource, project_id: int) -> dict[str, int]:
-    """Bring the store in line with Label Studio for one project.
-
-    Everything is read from Label Studio first; if that fails (connection error, 5xx,
-    anything) a ReconcileError is raised and the store is untouched. Then missed or newer
-    annotations are stored and stored ones that Label Studio no longer has are
-    tombstoned. Returns counts by outcome.
-    """
-    try:
-        pairs = list(source.list_annotations(project_id))
-    except Exception as exc:
-        raise ReconcileError(
-            f"reading project {project_id}'s annotations from Label Studio failed: "
-            f"{type(exc).__name__}: {exc}; nothing was changed"
-        ) from exc
-    records = []
-    for task, annotation in pairs:
-        try:
-            records.append(parse_annotation(annotation, task, project_id))
-        except PayloadError as exc:  # one bad annotation must not stop the catch-up
-            log.warning("reconcile project %s: skipping: %s", project_id, exc)
-    counts = {"created": 0, "updated": 0, "duplicate": 0, "deleted": 0, "tombstoned": 0}
-    for record in records:
-        counts[store.save_annotation(record)] += 1
-    present = {r.annotation_id for r in records} | {
-        _optional_int(a.get("id")) for _, a in pairs if isinstance(a, Mapping)
-    }
-    gone = store.annotation_ids(project_id) - present
-    counts["tombstoned"] = store.mark_deleted(sorted(gone), project_id) if gone else 0
-    return counts
 
 
 # --- small validators ---------------------------------------------------------------------
@@ -314,7 +197,7 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
-def _optional_int(value: Any) -> int | None:
+def optional_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

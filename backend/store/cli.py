@@ -1,11 +1,11 @@
-"""`squeezesam models ...` and `squeezesam labels ...`: the registry and the label store.
+"""`squeezesam labels ...`: the label store's commands.
 
-    squeezesam models list | promote VERSION | rollback | register ONNX VERSION [--card F]
     squeezesam labels export --format coco|folder --out DIR [--project ID]
     squeezesam labels stats
     squeezesam labels reconcile --project ID
 
-Registered through backend.cli.COMMAND_MODULES. Heavy imports happen inside the commands.
+Registered through backend.cli.COMMAND_MODULES (the `models` commands live with the
+registry, registry.py). Heavy imports happen inside the commands.
 """
 
 from __future__ import annotations
@@ -17,23 +17,6 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    models = subparsers.add_parser("models", help="the model registry (fine-tuned versions)")
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    msub.add_parser("list", help="registered versions; * marks the active one").set_defaults(
-        func=cmd_models_list
-    )
-    promote = msub.add_parser("promote", help="validate VERSION and make it active")
-    promote.add_argument("version")
-    promote.set_defaults(func=cmd_models_promote)
-    msub.add_parser("rollback", help="back to the previously active version").set_defaults(
-        func=cmd_models_rollback
-    )
-    reg = msub.add_parser("register", help="copy an ONNX file in as VERSION")
-    reg.add_argument("onnx", type=Path)
-    reg.add_argument("version")
-    reg.add_argument("--card", type=Path, help="JSON file: metrics, data_size, parent_version")
-    reg.set_defaults(func=cmd_models_register)
-
     labels = subparsers.add_parser("labels", help="the collected Label Studio labels")
     lsub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
     export = lsub.add_parser("export", help="COCO JSON or a dataset folder")
@@ -56,13 +39,6 @@ def _settings():
     return Settings.from_env()
 
 
-def _registry():
-    from squeezesam.backend.registry import Registry, registry_root_from
-
-    settings = _settings()
-    return Registry(registry_root_from(settings), default_model=settings.model_file)
-
-
 def _store():
     from squeezesam.backend.store import Store
 
@@ -72,52 +48,6 @@ def _store():
 def _fail(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return 1
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    registry = _registry()
-    versions = registry.list()
-    if not versions:
-        print(f"no registered versions in {registry.root}; serving {registry.active_path()}")
-    for m in versions:
-        metrics = json.dumps(m.card.get("metrics", {}), sort_keys=True)
-        print(f"{'*' if m.active else ' '} {m.version}  {m.card.get('created', '')}  {metrics}")
-    return 0
-
-
-def cmd_models_promote(args: argparse.Namespace) -> int:
-    from squeezesam.backend.registry import RegistryError
-
-    try:
-        _registry().promote(args.version)
-    except RegistryError as exc:
-        return _fail(exc)
-    print(f"active: {args.version}")
-    return 0
-
-
-def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from squeezesam.backend.registry import RegistryError
-
-    registry = _registry()
-    try:
-        version = registry.rollback()
-    except RegistryError as exc:
-        return _fail(exc)
-    print(f"active: {version or 'the shipped model'} ({registry.active_path()})")
-    return 0
-
-
-def cmd_models_register(args: argparse.Namespace) -> int:
-    from squeezesam.backend.registry import RegistryError
-
-    try:
-        card = json.loads(args.card.read_text()) if args.card else {}
-        path = _registry().register(args.onnx, args.version, card)
-    except (RegistryError, OSError, ValueError) as exc:
-        return _fail(exc)
-    print(f"registered {args.version}: {path}")
-    return 0
 
 
 def cmd_labels_export(args: argparse.Namespace) -> int:
@@ -151,7 +81,7 @@ def cmd_labels_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_labels_reconcile(args: argparse.Namespace) -> int:
-    from squeezesam.backend.collect import LabelStudioSource, ReconcileError, reconcile
+    from squeezesam.backend.reconcile import LabelStudioSource, ReconcileError, reconcile
 
     settings = _settings()
     if not settings.label_studio_url or not settings.label_studio_api_key:

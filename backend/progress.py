@@ -1,9 +1,8 @@
-"""Records of what the backend's jobs do, for the dashboard and `/metrics`.
+"""Pre-annotation progress: how far each project's run is, for the dashboard, `/metrics`,
+`GET /preannotate/<project>` and the CLI's progress bar.
 
-Two contracts, both owned here so that writers (the pre-annotation and training jobs) and
-readers (dashboard, metrics) agree on one definition:
-
-1. Pre-annotation progress lives in Redis, one hash per project while a run is going:
+The contract, owned here so that writers (the pre-annotation jobs) and readers agree on
+one definition: one Redis hash per project while a run is going:
 
        squeezesam:preannotate:<project>   (PREANNOTATE_KEY_PREFIX + project id)
          total       tasks in the run (int)
@@ -14,28 +13,20 @@ readers (dashboard, metrics) agree on one definition:
          finished_at unix seconds when the run ended (absent while running)
          model_version  the version doing the run (optional)
 
-   Redis rather than SQL: it changes on every task from several worker processes, and
-   it is transient (the hash expires PREANNOTATE_TTL seconds after its last change).
-   Writers use `progress_start` / `progress_advance` / `progress_finish`.
-
-2. Fine-tuning runs live in the label store's database, table `training_runs` (created
-   here with SQLAlchemy Core if absent, so it works before the store defines it). One
-   row per run: written by `record_training_run`, read by `training_runs`.
+Redis rather than SQL: it changes on every task from several worker processes, and it
+is transient (the hash expires PREANNOTATE_TTL seconds after its last change). Writers
+use `progress_start` / `progress_advance` / `progress_finish`. (Fine-tuning runs, which
+last, are rows in the label store: store/runs.py.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-
-# --- pre-annotation progress (Redis) ---------------------------------------------------
 
 PREANNOTATE_KEY_PREFIX = "squeezesam:preannotate:"
 PREANNOTATE_TTL = 24 * 3600  # a finished or abandoned run disappears after a day
@@ -161,101 +152,3 @@ def _float(v: str | None) -> float | None:
         return float(v) if v is not None else None
     except ValueError:
         return None
-
-
-# --- fine-tuning runs (SQL) -------------------------------------------------------------
-
-# A separate MetaData: creating this table never touches the store's own tables.
-training_metadata = sa.MetaData()
-training_runs_table = sa.Table(
-    "training_runs",
-    training_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("project", sa.BigInteger, nullable=True),  # None: trained on all projects
-    sa.Column("started_at", sa.DateTime, nullable=False),  # naive UTC, like the store
-    sa.Column("finished_at", sa.DateTime, nullable=True),
-    sa.Column("status", sa.String(32), nullable=False),  # running | finished | failed
-    sa.Column("data_size", sa.Integer, nullable=True),  # annotations trained on
-    sa.Column("duration_s", sa.Float, nullable=True),
-    sa.Column("candidate_version", sa.Text, nullable=True),
-    sa.Column("current_version", sa.Text, nullable=True),  # active when the run started
-    sa.Column("metrics_json", sa.Text, nullable=True),  # {"candidate": {...}, "current": {...}}
-    sa.Column("decision", sa.String(32), nullable=True),  # promoted | rejected | none
-    sa.Column("reason", sa.Text, nullable=True),
-)
-sa.Index("ix_training_runs_project", training_runs_table.c.project,
-         training_runs_table.c.started_at)  # fmt: skip
-
-_ensured: set[int] = set()
-
-
-def ensure_training_runs(engine: Engine) -> None:
-    """Create `training_runs` once per engine (no-op if the store already created it)."""
-    if id(engine) not in _ensured:
-        training_metadata.create_all(engine, checkfirst=True)
-        _ensured.add(id(engine))
-
-
-def record_training_run(engine: Engine, **values: Any) -> int:
-    """Insert one run (column names as keyword arguments; `metrics` may be a dict).
-
-    Returns its id; update it later with `update_training_run(engine, id, ...)`.
-    """
-    ensure_training_runs(engine)
-    values = _prepare(values)
-    with engine.begin() as conn:
-        return int(
-            conn.execute(training_runs_table.insert().values(**values)).inserted_primary_key[0]
-        )  # noqa: E501
-
-
-def update_training_run(engine: Engine, run_id: int, **values: Any) -> None:
-    ensure_training_runs(engine)
-    with engine.begin() as conn:
-        conn.execute(
-            training_runs_table.update()
-            .where(training_runs_table.c.id == run_id)
-            .values(**_prepare(values))
-        )
-
-
-def _prepare(values: dict[str, Any]) -> dict[str, Any]:
-    values = dict(values)
-    if "metrics" in values:
-        values["metrics_json"] = json.dumps(values.pop("metrics"))
-    for name in ("started_at", "finished_at"):
-        t = values.get(name)
-        if isinstance(t, dt.datetime) and t.tzinfo is not None:
-            values[name] = t.astimezone(dt.UTC).replace(tzinfo=None)
-    values.setdefault("status", "finished" if values.get("finished_at") else "running")
-    return values
-
-
-def training_runs(
-    conn: sa.Connection,
-    project_id: int | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
-) -> list[dict[str, Any]]:
-    """Runs newest first, for a project (runs over all projects included) and period.
-
-    Each row as stored, plus `metrics` (parsed metrics_json, {} when absent or invalid).
-    The caller ensures the table (`ensure_training_runs`) before opening `conn`.
-    """
-    t = training_runs_table.c
-    query = sa.select(training_runs_table).order_by(t.started_at.desc(), t.id.desc())
-    if project_id is not None:
-        query = query.where(sa.or_(t.project == project_id, t.project.is_(None)))
-    if start is not None:
-        query = query.where(t.started_at >= start)
-    if end is not None:
-        query = query.where(t.started_at < end)
-    out = []
-    for row in conn.execute(query):
-        item = dict(row._mapping)
-        try:
-            item["metrics"] = json.loads(item["metrics_json"] or "{}")
-        except ValueError:
-            item["metrics"] = {}
-        out.append(item)
-    return out

@@ -1,9 +1,10 @@
 """The interactive trail in the label store: clicks received, brush regions served.
 
 Clicks are kept for click-level training later. Served regions let a saved annotation be
-compared with what the annotator started from (`_started_from`): Label Studio keeps a
+compared with what the annotator started from (`started_from`): Label Studio keeps a
 region's id when the annotator accepts a prediction, so an object whose region id is a
-served region's id came from it.
+served region's id came from it. `record_item` records the regions of one `/predict`
+result item as served, and never fails the prediction it records.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import cv2
@@ -20,10 +21,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from squeezesam.backend.masks import decode_brush_rle
-from squeezesam.backend.store_core import StoreCore
-from squeezesam.backend.store_schema import (
+from squeezesam.backend.store.db import Database
+from squeezesam.backend.store.schema import (
     AnnotationRecord,
-    Click,
+    ClickRecord,
     ServedRegion,
     clicks,
     served_regions,
@@ -45,8 +46,11 @@ class Start:
         self.model_version: str | None = None
 
 
-class ServedStore(StoreCore):
+class Served:
     """Clicks and served regions: record, read, and measure an annotation against them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # --- clicks -----------------------------------------------------------------------------
 
@@ -54,7 +58,7 @@ class ServedStore(StoreCore):
         self,
         project_id: int,
         task_id: int,
-        points: Iterable[Click],
+        points: Iterable[ClickRecord],
         model_version: str | None = None,
     ) -> int:
         """Store the clicks of one interactive request; returns how many were new.
@@ -75,12 +79,12 @@ class ServedStore(StoreCore):
         ]  # fmt: skip
         if not rows:
             return 0
-        with self._tx("recording clicks") as conn:
-            return self._insert_new(conn, clicks, ["task_id", "region_id"], rows)
+        with self.db.tx("recording clicks") as conn:
+            return self.db.insert_new(conn, clicks, ["task_id", "region_id"], rows)
 
     def clicks_for_task(self, task_id: int) -> list[dict[str, Any]]:
         query = sa.select(clicks).where(clicks.c.task_id == task_id).order_by(clicks.c.id)
-        with self._tx("reading clicks") as conn:
+        with self.db.tx("reading clicks") as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     # --- served regions ---------------------------------------------------------------------
@@ -101,19 +105,32 @@ class ServedStore(StoreCore):
         ]  # fmt: skip
         if not rows:
             return 0
-        with self._tx("recording served regions") as conn:
-            new = self._insert_new(conn, served_regions, ["task_id", "region_id"], rows)
+        with self.db.tx("recording served regions") as conn:
+            new = self.db.insert_new(conn, served_regions, ["task_id", "region_id"], rows)
             cutoff = now - dt.timedelta(days=SERVED_RETENTION_DAYS)
             conn.execute(served_regions.delete().where(served_regions.c.served_at < cutoff))
         return new
 
+    def record_item(self, task_id: Any, item: Any, kind: str) -> int:
+        """`record_served` for one served `/predict` item; logs and returns 0 on any
+        failure (never fail a prediction for this)."""
+        try:
+            regions = served_regions_of(item, kind)
+            if not regions or _optional_int(task_id) is None:
+                return 0
+            return self.record_served(task_id, regions)
+        except Exception as exc:
+            log.warning("served regions of task %s not recorded: %s: %s", task_id,
+                        type(exc).__name__, exc)  # fmt: skip
+            return 0
+
     def served_for_task(self, task_id: int) -> list[dict[str, Any]]:
         query = (sa.select(served_regions).where(served_regions.c.task_id == task_id)
                  .order_by(served_regions.c.served_at, served_regions.c.region_id))  # fmt: skip
-        with self._tx("reading served regions") as conn:
+        with self.db.tx("reading served regions") as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def _started_from(self, record: AnnotationRecord) -> Start:
+    def started_from(self, record: AnnotationRecord) -> Start:
         """What the annotator started from, from the regions we served for the task.
 
         An object whose region id is a served region's id came from it (Label Studio
@@ -127,7 +144,7 @@ class ServedStore(StoreCore):
         if record.was_cancelled:
             return start
         try:
-            with self._tx("reading served regions") as conn:
+            with self.db.tx("reading served regions") as conn:
                 served = {r.region_id: r for r in conn.execute(
                     sa.select(served_regions).where(served_regions.c.task_id == record.task_id)
                 )}  # fmt: skip
@@ -167,6 +184,45 @@ class ServedStore(StoreCore):
                         record.annotation_id, type(exc).__name__, exc)  # fmt: skip
             return Start()
         return start
+
+
+def served_regions_of(item: Any, kind: str) -> list[ServedRegion]:
+    """The brush regions (with an id) of one `/predict` result item, as served.
+
+    `item` is the item's JSON text (what the workers return) or the parsed dict. Anything
+    malformed is skipped: recording what was served must never fail a prediction."""
+    if isinstance(item, str | bytes):
+        item = json.loads(item)
+    if not isinstance(item, Mapping) or not isinstance(item.get("result"), list):
+        return []
+    version = _optional_str(item.get("model_version"))
+    out = []
+    for region in item["result"]:
+        if not isinstance(region, Mapping) or region.get("type") != "brushlabels":
+            continue
+        value = region.get("value")
+        rid, width, height = region.get("id"), region.get("original_width"), region.get(
+            "original_height")  # fmt: skip
+        rle = value.get("rle") if isinstance(value, Mapping) else None
+        if not (isinstance(rid, str) and rid and isinstance(rle, list) and rle):
+            continue
+        if _optional_int(width) is None or _optional_int(height) is None:
+            continue
+        labels = value.get("brushlabels") or []
+        out.append(ServedRegion(
+            region_id=rid, kind=kind, model_version=version,
+            label=str(labels[0]) if isinstance(labels, list) and labels else None,
+            width=width, height=height, rle=tuple(rle),
+        ))  # fmt: skip
+    return out
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
 
 
 def _iou(region: Any, mask: np.ndarray) -> float:

@@ -1,4 +1,7 @@
-"""Tables and record types of the label store (see store.py for the behaviour).
+"""Tables and record types of the label store (see the package doc for the behaviour).
+
+Every table the backend keeps in SQL is defined here, `training_runs` included; the
+store creates them all on open (`metadata.create_all`).
 
 SQLAlchemy Core, no ORM: the same table definitions run on SQLite (default) and on
 PostgreSQL (DATABASE_URL). All timestamps are stored as naive UTC datetimes, because
@@ -114,7 +117,7 @@ Index("ix_clicks_project_task", clicks.c.project_id, clicks.c.task_id)
 # Every brush region this backend served (bulk /predict, the project pre-annotation job,
 # interactive clicks), so an annotation can be compared with what the annotator started
 # from: Label Studio's webhooks carry `annotation.prediction = {}` and no predictions, but
-# an accepted region keeps its result id. Kept SERVED_RETENTION_DAYS (store_served.py).
+# an accepted region keeps its result id. Kept SERVED_RETENTION_DAYS (served.py).
 served_regions = Table(
     "served_regions",
     metadata,
@@ -130,7 +133,28 @@ served_regions = Table(
 )
 Index("ix_served_regions_served_at", served_regions.c.served_at)
 
-# Columns added after the first release: Store.open adds them to an existing database
+# One row per fine-tuning run (training_job.py writes it from start to finish; the
+# dashboard and /metrics read it). Created with the other tables since this package
+# holds them all; a database made before that gets it from create_all on the next open.
+training_runs = Table(
+    "training_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project", BigInteger, nullable=True),  # None: trained on all projects
+    Column("started_at", DateTime, nullable=False),  # naive UTC, like the store
+    Column("finished_at", DateTime, nullable=True),
+    Column("status", String(32), nullable=False),  # running | finished | failed
+    Column("data_size", Integer, nullable=True),  # annotations trained on
+    Column("duration_s", Float, nullable=True),
+    Column("candidate_version", Text, nullable=True),
+    Column("current_version", Text, nullable=True),  # active when the run started
+    Column("metrics_json", Text, nullable=True),  # {"candidate": {...}, "current": {...}}
+    Column("decision", String(32), nullable=True),  # promoted | rejected | none
+    Column("reason", Text, nullable=True),
+)
+Index("ix_training_runs_project", training_runs.c.project, training_runs.c.started_at)
+
+# Columns added after the first release: opening the store adds them to an existing database
 # (create_all creates missing tables only, never missing columns).
 ADDED_COLUMNS = (
     (annotations, "served_deleted"),
@@ -179,7 +203,7 @@ class ServedRegion:
 
 @dataclass
 class AnnotationRecord:
-    """One Label Studio annotation, parsed and validated (collect.parse_annotation)."""
+    """One Label Studio annotation, parsed and validated (webhooks.parse_annotation)."""
 
     annotation_id: int
     project_id: int
@@ -198,8 +222,9 @@ class AnnotationRecord:
 
 
 @dataclass(frozen=True)
-class Click:
-    """One interactive click, in Label Studio's unit: percent of the original image."""
+class ClickRecord:
+    """One interactive click as stored, in Label Studio's unit: percent of the original
+    image (the model's own click is `squeezesam.models.clicks.Click`, in pixels)."""
 
     x: float
     y: float

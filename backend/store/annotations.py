@@ -1,7 +1,7 @@
 """Annotations in the label store: save (masks + one transaction), tombstone, read back.
 
 The guarantees (idempotent, replace as a whole, tombstones, all-or-nothing) are listed in
-store.py. Saving also fills the start columns from the served regions (store_served.py).
+the package doc. Saving also fills the start columns from the served regions (served.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from squeezesam.backend.store_io import StoreError, remove_files, write_png_atomic
-from squeezesam.backend.store_schema import (
+from squeezesam.backend.store.db import Database, StoreError, remove_files, write_png_atomic
+from squeezesam.backend.store.schema import (
     AnnotationRecord,
     StoredAnnotation,
     StoredObject,
@@ -28,19 +28,23 @@ from squeezesam.backend.store_schema import (
     utc_naive,
     utcnow,
 )
-from squeezesam.backend.store_served import ServedStore, Start
+from squeezesam.backend.store.served import Served, Start
 
 
-class AnnotationStore(ServedStore):
-    """Accepted annotations and their object masks (builds on the served regions)."""
+class Annotations:
+    """Accepted annotations and their object masks; `served` says what each started from."""
+
+    def __init__(self, db: Database, served: Served) -> None:
+        self.db = db
+        self.served = served
 
     def save_annotation(self, record: AnnotationRecord) -> str:
         """Upsert one annotation. Returns created | updated | duplicate | deleted."""
-        with self._tx("reading annotation") as conn:
+        with self.db.tx("reading annotation") as conn:
             state = _state(conn, record)
         if state in ("duplicate", "deleted"):
             return state  # cheap path: no mask is written for a resend
-        start = self._started_from(record)
+        start = self.served.started_from(record)
         written = self._write_masks(record)
         try:
             for attempt in (1, 2):
@@ -57,7 +61,7 @@ class AnnotationStore(ServedStore):
         if result in ("duplicate", "deleted"):
             remove_files([p for _, p in written])  # lost a race to an equal or newer write
         else:
-            remove_files([self.data_dir / p for p in old_paths])  # replaced by the new version
+            remove_files([self.db.data_dir / p for p in old_paths])  # replaced by the new version
         return result
 
     def _commit(
@@ -68,7 +72,7 @@ class AnnotationStore(ServedStore):
         if row["model_version"] is None:
             row["model_version"] = start.model_version
         try:
-            with self.engine.begin() as conn:
+            with self.db.engine.begin() as conn:
                 state = _state(conn, record, lock=True)
                 if state in ("duplicate", "deleted"):
                     return state, []
@@ -92,7 +96,7 @@ class AnnotationStore(ServedStore):
                         .values(**row)
                     )
                 rows = [
-                    _object_row(record, number, path.relative_to(self.data_dir))
+                    _object_row(record, number, path.relative_to(self.db.data_dir))
                     | start.objects.get(number, {})
                     for number, path in written
                 ]
@@ -100,15 +104,15 @@ class AnnotationStore(ServedStore):
                     conn.execute(objects.insert(), rows)
                 return state, old_paths
         except SQLAlchemyError as exc:
-            err = StoreError(f"storing annotation {record.annotation_id} failed on {self.where}: "
-                             f"{getattr(exc, 'orig', exc)}")  # fmt: skip
+            err = StoreError(f"storing annotation {record.annotation_id} failed on "
+                             f"{self.db.where}: {getattr(exc, 'orig', exc)}")  # fmt: skip
             raise err from exc
 
     def _write_masks(self, record: AnnotationRecord) -> list[tuple[int, Path]]:
         """PNG per object, atomically; returns (object number, absolute path)."""
         if record.was_cancelled:
             return []  # skipped tasks are not training data: no masks kept
-        folder = self.masks_dir / f"p{record.project_id}" / f"a{record.annotation_id}"
+        folder = self.db.masks_dir / f"p{record.project_id}" / f"a{record.annotation_id}"
         stamp = f"{record.updated_at:%Y%m%dT%H%M%S%f}_{uuid.uuid4().hex[:8]}"
         written: list[tuple[int, Path]] = []
         try:
@@ -132,7 +136,7 @@ class AnnotationStore(ServedStore):
         reader skips deleted rows.
         """
         now, count = utcnow(), 0
-        with self._tx("deleting annotations") as conn:
+        with self.db.tx("deleting annotations") as conn:
             for annotation_id in annotation_ids:
                 where = annotations.c.annotation_id == int(annotation_id)
                 found = conn.execute(sa.select(annotations.c.deleted).where(where)).first()
@@ -157,12 +161,12 @@ class AnnotationStore(ServedStore):
         query = sa.select(annotations.c.annotation_id).where(annotations.c.project_id == project_id)
         if not include_deleted:
             query = query.where(annotations.c.deleted.is_(False))
-        with self._tx("listing annotations") as conn:
+        with self.db.tx("listing annotations") as conn:
             return {r.annotation_id for r in conn.execute(query)}
 
     def get_annotation(self, annotation_id: int) -> dict[str, Any] | None:
         """The raw row (for inspection and tests), or None."""
-        with self._tx("reading annotation") as conn:
+        with self.db.tx("reading annotation") as conn:
             row = conn.execute(
                 sa.select(annotations).where(annotations.c.annotation_id == annotation_id)
             ).first()
@@ -180,7 +184,7 @@ class AnnotationStore(ServedStore):
             query = query.where(annotations.c.project_id == project_id)
         query = query.order_by(annotations.c.project_id, annotations.c.task_id,
                                annotations.c.annotation_id)  # fmt: skip
-        with self._tx("reading annotations") as conn:
+        with self.db.tx("reading annotations") as conn:
             rows = list(conn.execute(query))
             by_annotation: dict[int, list[StoredObject]] = {r.annotation_id: [] for r in rows}
             if rows:
@@ -190,7 +194,7 @@ class AnnotationStore(ServedStore):
                         by_annotation[o.annotation_id].append(
                             StoredObject(
                                 o.number, o.label, o.width, o.height, o.area,
-                                self.data_dir / o.mask_path, o.region_id, o.score, o.origin,
+                                self.db.data_dir / o.mask_path, o.region_id, o.score, o.origin,
                             )
                         )  # fmt: skip
         return [

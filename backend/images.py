@@ -1,11 +1,15 @@
 """Task images: resolve the reference, fetch it safely, decode it once, cache it in Redis.
 
 * Where from: relative references (`/data/upload/...`, `/data/local-files/?d=...`,
-  `/tasks/<id>/presign/?fileuri=...`) and absolute URLs on the Label Studio host are
-  fetched from LABEL_STUDIO_URL with its credentials; other http(s) URLs only when their
-  host is in IMAGE_ALLOWED_HOSTS, and then without credentials. Redirects are followed
-  by hand, each hop checked the same way (a presign URL may redirect to a bucket, which
-  must then be allowlisted), and credentials never leave the Label Studio host.
+  `/tasks/<id>/presign/?fileuri=...`) and absolute URLs at exactly Label Studio's scheme,
+  host and port (LABEL_STUDIO_URL, the default port made explicit) are fetched with its
+  credentials; other http(s) URLs only when IMAGE_ALLOWED_HOSTS lists their host and port
+  (a bare host: its default port), and then without credentials; another port or scheme
+  of Label Studio's host is such an other URL. Redirects are followed by hand, each hop
+  checked the same way (a presign URL may redirect to a bucket, which must then be
+  allowlisted), and credentials never leave Label Studio's origin.
+* Messages and logs show an image reference without its query string (`safe_ref`):
+  presigned URLs carry their signature there.
 * Decoding: the header is read first and anything above IMAGE_MAX_PIXELS is refused
   before a single pixel is decoded; EXIF orientation is applied (browsers do, so
   `original_width/height` from the editor are the rotated size).
@@ -29,7 +33,7 @@ import redis
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from squeezesam.backend.settings import Settings
+from squeezesam.backend.settings import DEFAULT_PORTS, Settings, origin_of
 from squeezesam.models.predictor import PreparedImage
 
 MAX_REDIRECTS = 3
@@ -56,17 +60,38 @@ def resolve(ref: str, settings: Settings) -> tuple[str, bool]:
     if not parts.scheme and not parts.netloc:
         if not settings.label_studio_url:
             raise ImageError(
-                f"image {ref!r} is a Label Studio path but LABEL_STUDIO_URL is not set", 422
+                f"image {_safe(ref)!r} is a Label Studio path but LABEL_STUDIO_URL is not set",
+                422,
             )
         base = settings.label_studio_url.rstrip("/") + "/"
-        return urljoin(base, ref.lstrip("/")), True
+        url = _check_absolute(urljoin(base, ref.lstrip("/")), settings)
+        return url, _is_label_studio(url, settings)
     url = _check_absolute(ref, settings)
     return url, _is_label_studio(url, settings)
 
 
 def _is_label_studio(url: str, settings: Settings) -> bool:
-    host = settings.label_studio_host
-    return bool(host) and urlsplit(url).netloc.lower() == host
+    """Exactly Label Studio's scheme, host and port (the default port made explicit):
+    the only URLs its credentials are sent to."""
+    ls = settings.label_studio_origin
+    return ls is not None and origin_of(url) == ls
+
+
+def _allowed_by_list(url: str, settings: Settings) -> bool:
+    """Listed in IMAGE_ALLOWED_HOSTS: `host:port`, or `host` for the scheme's default port."""
+    origin = origin_of(url)
+    if origin is None:
+        return False
+    scheme, host, port = origin
+    for entry in settings.image_allowed_hosts:
+        listed = urlsplit(f"//{entry}")
+        try:
+            listed_port = listed.port if listed.port is not None else DEFAULT_PORTS[scheme]
+        except ValueError:  # a bad port in the entry: it allows nothing
+            continue
+        if (listed.hostname or "").lower() == host and listed_port == port:
+            return True
+    return False
 
 
 def _check_absolute(url: str, settings: Settings) -> str:
@@ -77,15 +102,12 @@ def _check_absolute(url: str, settings: Settings) -> str:
     # (`http://10.0.0.1\@ls-host/` is ls-host to urlsplit, 10.0.0.1 to urllib3): refused
     if not _plain_netloc(url, parts.netloc):
         raise ImageError(f"image URL {_safe(url)!r} has an ambiguous host part", 403)
-    host = parts.netloc.lower()
-    hostname = (parts.hostname or "").lower()
-    allowed = set(settings.image_allowed_hosts)
-    if settings.label_studio_host:
-        allowed.add(settings.label_studio_host)
-    if host not in allowed and hostname not in allowed:
+    if not (_is_label_studio(url, settings) or _allowed_by_list(url, settings)):
+        origin = origin_of(url)
+        where = f"{origin[0]}://{origin[1]}:{origin[2]}" if origin else parts.netloc.lower()
         raise ImageError(
-            f"image host {host!r} is not allowed: only the Label Studio host and "
-            "IMAGE_ALLOWED_HOSTS are fetched from",
+            f"image host {where!r} is not allowed: only Label Studio (exactly the scheme, "
+            "host and port of LABEL_STUDIO_URL) and IMAGE_ALLOWED_HOSTS are fetched from",
             403,
         )
     return url
@@ -194,11 +216,11 @@ class Fetcher:
                 target = urljoin(url, response.headers.get("Location", ""))
                 response.close()
                 url = _check_absolute(target, self.settings)
-                # credentials only ever go to the Label Studio host
+                # credentials only ever go to Label Studio's own scheme, host and port
                 with_auth = with_auth and _is_label_studio(url, self.settings)
                 continue
             return self._read(response, url)
-        raise ImageError(f"image {ref!r}: more than {MAX_REDIRECTS} redirects", 502)
+        raise ImageError(f"image {_safe(ref)}: more than {MAX_REDIRECTS} redirects", 502)
 
     def _get(self, url: str, with_auth: bool, force_refresh: bool = False) -> requests.Response:
         headers = self.auth.header(force_refresh) if with_auth else {}
@@ -233,9 +255,21 @@ class Fetcher:
 
 
 def _safe(url: str) -> str:
-    """A URL for messages: without query string (presign URLs carry signatures)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else parts.path
+    """A URL for messages and logs: without query string and fragment (presigned URLs
+    carry their signature there; `/data/local-files/?d=` its path) and without userinfo."""
+    return safe_ref(url)
+
+
+def safe_ref(ref: str) -> str:
+    """An image reference fit for a message or a log line: scheme, host, port and path
+    only; a query string is replaced by `?...`, never shown."""
+    try:
+        parts = urlsplit(str(ref))
+    except ValueError:
+        return "<unparsable image reference>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else parts.path
+    return shown + ("?..." if parts.query else "")
 
 
 # --- decode ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.5  # seconds between the watchdog's checks of redis-server
 START_TIMEOUT = 15.0
+REDIS_UMASK = 0o077
 
 
 class EmbeddedRedis:
@@ -43,7 +44,9 @@ class EmbeddedRedis:
             self._tmp = tempfile.TemporaryDirectory(prefix="squeezesam-redis-")
             directory = self._tmp.name
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # the append-only file holds job payloads and decoded image pixels: owner only
+        self.directory.chmod(0o700)
         self.socket_file = str(self.directory / "redis.sock")
         self.restarts = 0
         self._closing = threading.Event()
@@ -81,12 +84,14 @@ class EmbeddedRedis:
             )
             + "\n"
         )
+        config.chmod(0o600)
         Path(self.socket_file).unlink(missing_ok=True)
         self._proc = subprocess.Popen(
             [self._executable, str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            umask=REDIS_UMASK,  # appendonly.aof, its folder and the log: 0600 in 0700
         )
         client = redis.Redis(unix_socket_path=self.socket_file, socket_connect_timeout=1)
         deadline = time.monotonic() + START_TIMEOUT

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import time
 from typing import Any
 
 from squeezesam.backend.settings import Settings
+
+_DEFAULTS = Settings()
 
 log = logging.getLogger("squeezesam.serve")
 
@@ -45,22 +48,233 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.set_defaults(func=cmd_worker)
 
 
-def web_server(app: Any, host: str, port: int, threads: int) -> Any:
+def web_server(
+    app: Any,
+    host: str,
+    port: int,
+    threads: int,
+    connection_limit: int = _DEFAULTS.web_connection_limit,
+    read_timeout: float = _DEFAULTS.web_request_read_timeout,
+) -> Any:
     """The app in waitress, a production WSGI server: a fixed pool of request threads
     and HTTP/1.1 keep-alive. Measured against werkzeug's development server (a thread
     and a connection per request), it answers a small POST ~0.4 ms sooner on this
-    machine. `port` 0 picks a free port (`server.effective_port`)."""
-    from waitress.server import create_server
+    machine. `port` 0 picks a free port (`server.effective_port`).
 
-    return create_server(app, host=host, port=port, threads=threads, ident="squeezesam")
+    Slow and idle clients (issue 20): waitress alone stops accepting at 100 open
+    connections, and a client that sends its headers a byte at a time keeps its
+    connection for ever, so ~100 such sockets locked out `/health` and every click. Here
+    (`GuardedServer`): poll() instead of select() (no 1024-descriptor ceiling), the
+    descriptor limit raised to fit, a connection that has not sent its whole request within
+    `read_timeout` s is closed, idle keep-alive connections after IDLE_TIMEOUT s, and past
+    `connection_limit` open connections each new one closes the idlest or slowest one
+    that is not being answered, so a real request always gets in. Chosen over a
+    thread-per-connection or async server: the request path stays as measured, and the
+    guard is a few lines over waitress's own bookkeeping."""
+    from waitress.adjustments import Adjustments
+    from waitress.server import MultiSocketServer
+    from waitress.task import ThreadedTaskDispatcher
+
+    hard_limit = connection_limit + CONNECTION_HEADROOM
+    _raise_file_limit(hard_limit + 64)
+    adj = Adjustments(
+        host=host,
+        port=port,
+        threads=threads,
+        ident="squeezesam",
+        connection_limit=hard_limit,
+        channel_timeout=IDLE_TIMEOUT,
+        cleanup_interval=1,
+        asyncore_use_poll=True,
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    server_map: dict = {}
+    servers = [
+        _guarded_server_class()(
+            app,
+            server_map,
+            dispatcher=dispatcher,
+            adj=adj,
+            sockinfo=sockinfo,
+            soft_limit=connection_limit,
+            read_timeout=read_timeout,
+        )
+        for sockinfo in adj.listen
+    ]
+    if len(servers) == 1:
+        return servers[0]
+    listen = [(s.effective_host, s.effective_port) for s in servers]
+    multi = MultiSocketServer(server_map, adj, listen, dispatcher)
+    multi.effective_port = servers[0].effective_port
+    return multi
+
+
+IDLE_TIMEOUT = 60  # seconds an idle keep-alive connection stays open
+CONNECTION_HEADROOM = 64  # connections past the soft limit, all of them being answered
+
+
+def _raise_file_limit(needed: int) -> None:
+    """The soft RLIMIT_NOFILE up to `needed` (within the hard limit): every connection is
+    a descriptor, and running out of them fails accept() for everyone."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError) as exc:  # not fatal: a lower ceiling
+        log.warning("could not raise the open-file limit to %d: %s", needed, exc)
+
+
+_GUARDED: list[type] = []
+
+
+def _guarded_server_class() -> type:
+    """waitress's TCP server with the slow/idle-client guard (built on first use, so
+    importing this module does not import waitress)."""
+    if _GUARDED:
+        return _GUARDED[0]
+    from waitress.channel import HTTPChannel
+    from waitress.server import TcpWSGIServer
+
+    class GuardedChannel(HTTPChannel):
+        read_started: float | None = None  # first byte of the request not yet complete
+
+        def received(self, data: bytes) -> bool:
+            result = super().received(data)
+            if self.request is None:  # nothing partial: complete, or nothing yet
+                self.read_started = None
+            elif self.read_started is None:
+                self.read_started = time.time()
+            return result
+
+    class GuardedServer(TcpWSGIServer):
+        channel_class = GuardedChannel
+
+        def __init__(self, *args: Any, soft_limit: int, read_timeout: float, **kw: Any):
+            self.soft_limit = soft_limit
+            self.read_timeout = read_timeout
+            super().__init__(*args, **kw)
+
+        def maintenance(self, now: float) -> None:
+            super().maintenance(now)  # idle keep-alive connections (channel_timeout)
+            cutoff = time.time() - self.read_timeout
+            for channel in list(self.active_channels.values()):
+                started = getattr(channel, "read_started", None)
+                if started is not None and started < cutoff and not channel.requests:
+                    channel.will_close = True  # too slow to send one request
+
+        def handle_accept(self) -> None:
+            super().handle_accept()
+            excess = len(self.active_channels) - self.soft_limit
+            if excess > 0:
+                for channel in self._victims(excess):
+                    channel.handle_close()
+
+        def _victims(self, count: int) -> list:
+            """Connections it costs nothing to close: no request being answered, no
+            answer being sent; the slowest sender or the longest idle first."""
+            young = time.time() - 1.0  # just connected: its request is on the way
+            idle = []
+            for channel in self.active_channels.values():
+                if channel.requests or channel.total_outbufs_len or not channel.connected:
+                    continue
+                if channel.creation_time > young:
+                    continue
+                started = getattr(channel, "read_started", None)
+                # a partial request counts as idle since its first byte
+                since = started if started is not None else channel.last_activity
+                idle.append((since, id(channel), channel))
+            idle.sort(key=lambda item: item[:2])
+            return [channel for _, _, channel in idle[:count]]
+
+    _GUARDED.append(GuardedServer)
+    return GuardedServer
+
+
+# --- what every service process does first --------------------------------------------
+
+SERVICE_UMASK = 0o077  # files 0600, folders 0700: labels, masks, Redis's append-only file
+_QUERY = re.compile(r"((?:[a-zA-Z][a-zA-Z0-9+.-]*://|/)[^\s'\"<>?#]*)\?[^\s'\"<>)\]]*")
+
+
+def redact_queries(text: str) -> str:
+    """Query strings out of a log line: `https://b.example/x.jpg?X-Amz-Signature=...`
+    becomes `https://b.example/x.jpg?...` (presigned image URLs carry their signature
+    there, and rq logs each job's arguments)."""
+    return _QUERY.sub(r"\1?...", text)
+
+
+class RedactQueries(logging.Filter):
+    """A handler filter: each record's message (and traceback) without query strings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_queries(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_queries(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def service_setup(command: str) -> Settings:
+    """Settings (a bad or half-set one: one line on stderr, exit 1), owner-only files from
+    here on (SERVICE_UMASK; children inherit it), the data folder closed to others, and
+    log lines without query strings."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"squeezesam {command}: {exc}") from None
+    os.umask(SERVICE_UMASK)
+    data = settings.data_path
+    try:
+        if data.is_dir() and data.stat().st_uid == os.getuid():
+            data.chmod(0o700)  # a data folder made before the umask: closed now
+    except OSError as exc:
+        log.warning("could not make %s private: %s", data, exc)
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactQueries) for f in handler.filters):
+            handler.addFilter(RedactQueries())
+    return settings
+
+
+def warn_if_open(host: str, settings: Settings) -> None:
+    """Say so when the service listens beyond this machine without its secrets."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return
+    if not settings.basic_auth_enabled:
+        log.warning(
+            "listening on %s without BASIC_AUTH_USER/BASIC_AUTH_PASS: anyone who reaches "
+            "this port can use the service and, through it, fetch images with the Label "
+            "Studio token; set both, or --host 127.0.0.1 behind a proxy that authenticates",
+            host,
+        )
+    if not settings.webhook_secret:
+        log.warning(
+            "listening on %s without WEBHOOK_SECRET: anyone who reaches this port can post "
+            "annotations to the label store through /webhook",
+            host,
+        )
 
 
 def cmd_web(args: argparse.Namespace) -> int:
     from squeezesam.backend.app import create_app
 
-    settings = Settings.from_env()
-    logging.getLogger().setLevel(settings.log_level)
-    server = web_server(create_app(settings), args.host, args.port, settings.web_threads)
+    settings = service_setup("web")
+    warn_if_open(args.host, settings)
+    server = web_server(
+        create_app(settings),
+        args.host,
+        args.port,
+        settings.web_threads,
+        connection_limit=settings.web_connection_limit,
+        read_timeout=settings.web_request_read_timeout,
+    )
     # SIGTERM (serve's supervisor, docker stop) ends waitress's loop like Ctrl-C, so the
     # process exits normally and the recorder writes its pending click records (atexit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -74,7 +288,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from squeezesam.backend.queues import QUEUES
     from squeezesam.backend.worker import run_worker
 
-    settings = Settings.from_env()
+    settings = service_setup("worker")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown or not queues:
@@ -84,8 +298,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    logging.getLogger().setLevel(settings.log_level)
+    settings = service_setup("serve")
+    warn_if_open(args.host, settings)
     if not settings.model_file.is_file():
         raise SystemExit(f"model file not found: {settings.model_file} (SQUEEZESAM_MODEL_PATH)")
     if not settings.label_studio_url:

@@ -16,6 +16,24 @@ from urllib.parse import urlsplit
 
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]  # (scheme, host, port): what credentials are bound to
+
+
+def origin_of(url: str) -> Origin | None:
+    """(scheme, lower-case host, port) of an http(s) URL, the scheme's default port when
+    none is given (`https://ls.example` is ('https', 'ls.example', 443)); None for
+    anything else (no host, another scheme, a bad port)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[scheme]
+
 
 def _setting(env: str, default: object, help: str, secret: bool = False):  # noqa: A002
     return field(default=default, repr=not secret, metadata={"env": env, "help": help})
@@ -27,7 +45,8 @@ class Settings:
         "LABEL_STUDIO_URL",
         "",
         "Base URL of Label Studio, e.g. `http://localhost:8080`. Relative image paths "
-        "(`/data/upload/...`, `/data/local-files/...`, presign URLs) are fetched from it.",
+        "(`/data/upload/...`, `/data/local-files/...`, presign URLs) are fetched from it; "
+        "its token goes to exactly this scheme, host and port (80/443 when none is given).",
     )
     label_studio_api_key: str = _setting(
         "LABEL_STUDIO_API_KEY",
@@ -56,7 +75,8 @@ class Settings:
         "BASIC_AUTH_USER",
         "",
         "If set (with BASIC_AUTH_PASS), every route except `/health` and `/webhook` "
-        "requires HTTP Basic auth (set the same pair on the ML backend in Label Studio).",
+        "requires HTTP Basic auth (set the same pair on the ML backend in Label Studio). "
+        "One of the two without the other refuses to start.",
     )
     basic_auth_pass: str = _setting(
         "BASIC_AUTH_PASS", "", "Password for HTTP Basic auth. Never logged.", secret=True
@@ -71,8 +91,10 @@ class Settings:
     image_allowed_hosts: tuple[str, ...] = _setting(
         "IMAGE_ALLOWED_HOSTS",
         (),
-        "Comma-separated extra hosts (`host` or `host:port`) images may be fetched from, "
-        "without Label Studio credentials. The Label Studio host is always allowed.",
+        "Comma-separated extra hosts images may be fetched from, without Label Studio "
+        "credentials: `host:port`, or `host` for its default ports (80 for http, 443 for "
+        "https). Label Studio itself is allowed at exactly the scheme, host and port of "
+        "LABEL_STUDIO_URL (no other port or scheme of its host unless listed here).",
     )
     image_max_pixels: int = _setting(
         "IMAGE_MAX_PIXELS",
@@ -100,6 +122,19 @@ class Settings:
         16,
         "Request threads of the web process (each click or bulk request holds one while "
         "it waits on the queue).",
+    )
+    web_connection_limit: int = _setting(
+        "WEB_CONNECTION_LIMIT",
+        1000,
+        "Open connections the web process keeps. Past it, each new connection closes the "
+        "one that is idle longest or slowest to send its request (never one whose request "
+        "is being answered), so slow or idle clients cannot lock out `/health` and clicks.",
+    )
+    web_request_read_timeout: float = _setting(
+        "WEB_REQUEST_READ_TIMEOUT",
+        30.0,
+        "Seconds a client may take to send one whole request (headers and body); a slower "
+        "connection is closed. Idle keep-alive connections are closed after 60 s.",
     )
     interactive_timeout: float = _setting(
         "INTERACTIVE_TIMEOUT",
@@ -199,6 +234,24 @@ class Settings:
         "Seconds between a worker's checks of the registry for a newly active model.",
     )
 
+    def __post_init__(self) -> None:
+        """Settings that cannot be meant are refused, with one line saying what to set:
+        half-set Basic auth would otherwise silently turn auth off."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            given, missing = (
+                ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+                if self.basic_auth_user
+                else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is empty: set both (HTTP Basic auth on every "
+                "route but /health and /webhook) or neither (no auth)"
+            )
+        if ":" in self.basic_auth_user:
+            raise ValueError(
+                "BASIC_AUTH_USER must not contain ':' (HTTP Basic auth cannot send it)"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
@@ -225,6 +278,12 @@ class Settings:
     def label_studio_host(self) -> str:
         """`host[:port]` of LABEL_STUDIO_URL, lower case; '' when unset."""
         return urlsplit(self.label_studio_url).netloc.lower()
+
+    @property
+    def label_studio_origin(self) -> Origin | None:
+        """(scheme, host, port) of LABEL_STUDIO_URL, the default port made explicit: the
+        only place Label Studio credentials are ever sent; None when unset."""
+        return origin_of(self.label_studio_url)
 
     @property
     def basic_auth_enabled(self) -> bool:

@@ -207,10 +207,29 @@ def redact_queries(text: str) -> str:
     return _QUERY.sub(r"\1?...", text)
 
 
+_CALL = re.compile(r"^(\x1b\[[0-9;]*m)?([A-Za-z_][\w.]*)\(.*", re.S)
+
+
+def _without_arguments(value: object) -> object:
+    """rq's job description `pkg.jobs.segment_click(SegmentJob(image_ref='...', ...))`
+    as `pkg.jobs.segment_click(...)`: the function, never its arguments."""
+    if not isinstance(value, str):
+        return value
+    match = _CALL.match(value)
+    if match is None:
+        return value
+    color = match.group(1) or ""
+    return f"{color}{match.group(2)}(...)" + ("\x1b[39;49;00m" if color else "")
+
+
 class RedactQueries(logging.Filter):
-    """A handler filter: each record's message (and traceback) without query strings."""
+    """A handler filter: each record's message (and traceback) without query strings,
+    and rq's job lines without the job's arguments (they start with the image reference,
+    which may be a presigned URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("rq") and isinstance(record.args, tuple):
+            record.args = tuple(_without_arguments(arg) for arg in record.args)
         message = record.getMessage()
         redacted = redact_queries(message)
         if redacted != message:

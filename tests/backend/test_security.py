@@ -50,6 +50,8 @@ def test_webhook_secret(locked, client):
 
 
 def test_settings_never_show_secrets(settings):
-    shown = repr(replace(settings, basic_auth_pass="pw-123", webhook_secret="wh-456"))
+    shown = repr(
+        replace(settings, basic_auth_user="ls", basic_auth_pass="pw-123", webhook_secret="wh-456")
+    )
     for secret in ("pw-123", "wh-456", settings.label_studio_api_key):
         assert secret not in shown

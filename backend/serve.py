@@ -141,13 +141,14 @@ def _guarded_server_class() -> type:
 
     class GuardedChannel(HTTPChannel):
         read_started: float | None = None  # first byte of the request not yet complete
+        _partial: object = None  # that request (pipelined data may start the next one)
 
         def received(self, data: bytes) -> bool:
             result = super().received(data)
             if self.request is None:  # nothing partial: complete, or nothing yet
-                self.read_started = None
-            elif self.read_started is None:
-                self.read_started = time.time()
+                self.read_started = self._partial = None
+            elif self.request is not self._partial:
+                self.read_started, self._partial = time.time(), self.request
             return result
 
     class GuardedServer(TcpWSGIServer):

@@ -120,3 +120,23 @@ def test_half_set_basic_auth_refuses_to_start_with_one_line(command, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr  # one line, no traceback
     assert "BASIC_AUTH_USER is set but BASIC_AUTH_PASS is empty" in lines[0]
+
+
+def test_web_on_all_interfaces_without_auth_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASIC_AUTH")}
+    env |= {"SQUEEZESAM_DATA_DIR": str(tmp_path), "WEBHOOK_SECRET": ""}
+    port = free_port()
+    cmd = [sys.executable, "-m", "squeezesam.backend.cli", "web", "--host", "0.0.0.0"]
+    proc = subprocess.Popen(cmd + ["--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # the warnings come before "web on http://..."
+            lines.append(line)
+            if "web on http://" in line or len(lines) > 50:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = "".join(lines)
+    assert "without BASIC_AUTH_USER/BASIC_AUTH_PASS" in text, text
+    assert "without WEBHOOK_SECRET" in text, text

@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "squeezesam.backend.preannotate_cli",  # preannotate --project ID
     "squeezesam.backend.registry",  # models list|promote|rollback|register
     "squeezesam.backend.store.cli",  # labels export|stats|reconcile
-    "squeezesam.backend.train_queue",  # train, train-scheduler
+    "squeezesam.backend.training_cli",  # train, train-scheduler
 )
 
 

@@ -27,9 +27,9 @@ from squeezesam.backend import results_cache
 from squeezesam.backend.images import ImageError, decode, resolve
 from squeezesam.backend.labelstudio import (
     BrushRegion,
-    ClickPrompt,
     PayloadError,
     ProjectConfig,
+    Prompt,
     brush_result,
     choose_label,
     object_label,
@@ -38,6 +38,7 @@ from squeezesam.backend.labelstudio import (
 )
 from squeezesam.backend.masks import clean_mask, clip_to_box, decode_brush_rle
 from squeezesam.backend.worker import Runtime, runtime
+from squeezesam.models.clicks import Click
 from squeezesam.models.objects import find_objects
 from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
 
@@ -86,9 +87,9 @@ def ping(_spec: object = None) -> Outcome:
 
 
 @dataclass(frozen=True)
-class ClickJob:
+class SegmentJob:
     image_ref: str
-    prompt: ClickPrompt
+    prompt: Prompt
     config: ProjectConfig
     regions: tuple[BrushRegion, ...] = ()  # brush regions already on the task
 
@@ -114,26 +115,38 @@ def load_image(rt: Runtime, ref: str) -> PreparedImage:
 def segment(
     predictor: Predictor,
     prepared: PreparedImage,
-    prompt: ClickPrompt,
+    prompt: Prompt,
     prev_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Prediction]:
     """Prompt -> model -> mask clipped to the box (if any) and cleaned, original size."""
     height, width = prepared.original_size
     clicks, box = prompt_clicks(prompt, height, width)
+    return segment_clicks(predictor, prepared, clicks, box, prev_mask)
+
+
+def segment_clicks(
+    predictor: Predictor,
+    prepared: PreparedImage,
+    clicks: list[Click],
+    box: tuple[float, float, float, float] | None,
+    prev_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, Prediction]:
+    """`segment` from clicks already in pixels (the click path converts them once)."""
     predicted = predictor.predict(prepared, clicks, prev_mask=prev_mask)
     mask = predicted.mask if box is None else clip_to_box(predicted.mask, box)
     keep = [(int(c.y), int(c.x)) for c in clicks if c.positive]
     return clean_mask(mask, keep=keep), predicted
 
 
-def segment_click(job: ClickJob) -> Outcome:
+def segment_click(job: SegmentJob) -> Outcome:
     """One click: cached image -> `segment` -> brushlabels result (the interactive path)."""
     rt = runtime()
     predictor = rt.predictor  # once: a model swap mid-job must not mix two versions
     try:
         prepared = load_image(rt, job.image_ref)
-        prev, region_label = region_under_click(job.regions, job.prompt, prepared)
-        mask, predicted = segment(predictor, prepared, job.prompt, prev_mask=prev)
+        clicks, box = prompt_clicks(job.prompt, *prepared.original_size)  # once per click
+        prev, region_label = region_under_click(job.regions, clicks, prepared)
+        mask, predicted = segment_clicks(predictor, prepared, clicks, box, prev_mask=prev)
         label = choose_label(region_label or job.prompt.label, predicted.label, job.config)
         results = [brush_result(mask, label, predicted.score, job.config)] if mask.any() else []
         item = prediction(results, predicted.score, predictor.version)
@@ -143,7 +156,7 @@ def segment_click(job: ClickJob) -> Outcome:
 
 
 def region_under_click(
-    regions: tuple[BrushRegion, ...], prompt: ClickPrompt, prepared: PreparedImage
+    regions: tuple[BrushRegion, ...], clicks: list[Click], prepared: PreparedImage
 ) -> tuple[np.ndarray | None, str | None]:
     """(mask, label) of the first region holding the first positive click, else (None, None).
 
@@ -152,7 +165,6 @@ def region_under_click(
     good pre-annotation away. A click outside every region starts a new object.
     """
     height, width = prepared.original_size
-    clicks, _ = prompt_clicks(prompt, height, width)
     first = next((c for c in clicks if c.positive), None)
     if first is None or not regions:
         return None, None

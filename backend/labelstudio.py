@@ -1,9 +1,10 @@
 """Label Studio payloads in, brush results out (shapes: ../shared/labelstudio/README.md).
 
 Config parsing goes through label-studio-sdk's LabelInterface, never by hand. The web
-process turns a `/predict` body into plain, picklable job specs (`ClickPrompt`,
-`TaskImage`); the worker turns a mask back into a `brushlabels` result with the SDK's
-RLE encoder.
+process turns a `/predict` body into plain, picklable job specs (`Prompt`,
+`TaskImage`), parsing an interactive context once: the prompt the model gets and the
+click records the label store keeps come from the same parse. The worker turns a mask
+back into a `brushlabels` result with the SDK's RLE encoder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from squeezesam.backend.store.schema import ClickRecord
 
 SMART_TOOLS = ("KeyPointLabels", "RectangleLabels")
 
@@ -116,21 +119,28 @@ def task_image(task: Any, config: ProjectConfig) -> TaskImage:
 
 
 @dataclass(frozen=True)
-class ClickPrompt:
+class Prompt:
     """One interactive request, in percent of the image (0-100): converted to pixels by
-    the worker once it knows the image's real size."""
+    the worker once it knows the image's real size (`prompt_clicks`)."""
 
     points: tuple[tuple[float, float, bool], ...]  # (x%, y%, positive)
     box: tuple[float, float, float, float] | None  # (x%, y%, w%, h%) of the last rectangle
     label: str | None  # the label the annotator's last keypoint/rectangle carried
+    # the keypoints as the label store records them (rectangles are not clicks)
+    records: tuple[ClickRecord, ...] = ()
 
 
-def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
-    """Keypoints (with is_positive) and rectangles drawn with the project's smart tools."""
+def parse_context(context: Any, config: ProjectConfig) -> Prompt:
+    """Keypoints (with is_positive) and rectangles drawn with the project's smart tools.
+
+    Strict: a malformed region fails the request (422). The keypoints also come back as
+    the click records the label store keeps (`Prompt.records`), so the web process parses
+    the context once."""
     items = context.get("result") if isinstance(context, dict) else None
     if not isinstance(items, list) or not items:
         raise PayloadError("params.context.result must be a non-empty list of regions", 422)
     points: list[tuple[float, float, bool]] = []
+    records: list[ClickRecord] = []
     box = None
     label = negative_label = None  # a negative click's label names what it is NOT
     for item in items:
@@ -141,6 +151,7 @@ def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
             x, y = _percent(value, "x"), _percent(value, "y")
             positive = item.get("is_positive", True) is not False
             points.append((x, y, positive))
+            records.append(_click_record(item, x, y, positive))
             if positive:
                 label = _first_label(value, "keypointlabels") or label
             else:
@@ -157,7 +168,21 @@ def parse_context(context: Any, config: ProjectConfig) -> ClickPrompt:
         # other region types (e.g. an earlier brush) are not prompts: ignored
     if not points and box is None:
         raise PayloadError("the context has no keypoint or rectangle to segment from", 422)
-    return ClickPrompt(tuple(points), box, label or negative_label)
+    return Prompt(tuple(points), box, label or negative_label, tuple(records))
+
+
+def _click_record(item: dict, x: float, y: float, positive: bool) -> ClickRecord:
+    """A keypoint region as the label store records it (percent, Label Studio's unit)."""
+    width, height = item.get("original_width"), item.get("original_height")
+    return ClickRecord(
+        x=x,
+        y=y,
+        is_positive=positive,
+        label=_first_label(item["value"], "keypointlabels"),
+        region_id=str(item["id"]) if item.get("id") not in (None, "") else None,
+        image_width=width if isinstance(width, int) and not isinstance(width, bool) else None,
+        image_height=height if isinstance(height, int) and not isinstance(height, bool) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -327,7 +352,7 @@ def prediction(results: list[dict], score: float, model_version: str, **extra: A
     return item | extra
 
 
-def prompt_clicks(prompt: ClickPrompt, height: int, width: int) -> tuple[list, tuple | None]:
+def prompt_clicks(prompt: Prompt, height: int, width: int) -> tuple[list, tuple | None]:
     """Percent prompt -> (clicks in original pixels, box (x0, y0, x1, y1) in pixels or None).
 
     Rectangle prompts (the network only knows clicks): the box's centre becomes a

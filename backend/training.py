@@ -1,222 +1,118 @@
-"""The fine-tuning job (the `train` queue): labels -> candidate -> gate -> maybe promote.
+"""Starting fine-tuning runs: enqueue on `train`, and the scheduler.
 
-One run, in order:
+Four ways in, one queue: Label Studio's "Start Training" (START_TRAINING webhook, app.py),
+the scheduler loop (`squeezesam train-scheduler`, started by `squeezesam serve`: every
+TRAIN_INTERVAL s, each project with TRAIN_MIN_NEW_LABELS new labels since its last run),
+`squeezesam train` (training_cli.py), and tests. What a run does is training_job.py.
+Never two runs at once: one rq worker serves `train` (serve starts exactly one) and the
+job itself takes a Redis lock (training_job.py), which also covers a second train worker
+someone starts by hand.
 
-1. take the training lock (Redis, with a TTL renewed while the run lives, so a killed
-   train worker's lock expires by itself) and mark runs left "running" by a dead worker
-   as failed;
-2. catch up with Label Studio (`reconcile.reconcile`) when its URL and key are set; if it
-   is down the run goes on with what the store holds (nothing collected is lost);
-3. export the project's accepted labels to the dataset folder format
-   (`<data dir>/training/p<project>/dataset`; images fetched once through the service's
-   own fetcher and kept across runs). export_labels' md5 split is stable per image id,
-   so the held-out `val` images are never trained on, in this run or any later one;
-4. `models.finetune.finetune` from the active version's fp16 checkpoint (the shipped
-   model's is models/weights/squeezesam_fp16.pt), replaying base data when present;
-5. `models.finetune.gate` on the held-out split and the base guard set; the candidate is
-   registered either way (its card says what the gate decided, so an operator can still
-   `squeezesam models promote` it) and made active only if the gate says so;
-6. one row in `training_runs` (store/runs.py) from start to finish: data
-   size, duration, both models' metrics, decision and reason.
-
-torch is imported inside `train_project` only: web and model-serving workers import
-this module never, and the train worker only when a job runs.
+A request for a project that already has a run queued or running returns that job
+instead of queueing another (a burst of Start Training clicks makes one run). Nothing
+here imports torch.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import redis
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
-from squeezesam.backend import export_labels
-from squeezesam.backend.reconcile import LabelStudioSource, ReconcileError, reconcile
-from squeezesam.backend.registry import Registry, model_version_of
-from squeezesam.backend.settings import Settings
-from squeezesam.backend.store import Store
-from squeezesam.backend.store.runs import (
-    close_interrupted_runs,
-    record_training_run,
-    update_training_run,
+from squeezesam.backend.queues import (
+    TRAIN,
+    enqueue,
+    queue,
+    requeue_abandoned,
+    worker_alive,
 )
+from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "squeezesam:train:lock"
+JOB_FUNC = "squeezesam.backend.training_job.run_training_job"
+JOB_TIMEOUT = 6 * 3600  # a CPU run of a few thousand steps; rq kills a hung one
+RESULT_TTL = 7 * 24 * 3600
 
 
-class TrainingBusy(RuntimeError):
-    """Another run holds the training lock."""
+def _pending(connection: redis.Redis) -> list[Job]:
+    train = queue(connection, TRAIN)
+    ids = list(train.get_job_ids()) + list(StartedJobRegistry(queue=train).get_job_ids())
+    jobs = Job.fetch_many(ids, connection=connection)
+    return [j for j in jobs if j is not None and j.func_name == JOB_FUNC]
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """What to fine-tune: a project (None: all projects' labels), how long, and why."""
+def enqueue_training(
+    connection: redis.Redis, project_id: int | None, steps: int | None = None,
+    trigger: str = "manual",
+) -> Job:  # fmt: skip
+    """Queue a run (or return the one already queued/running for this project)."""
+    # the job module imports torch only inside a run, never at import time
+    from squeezesam.backend.training_job import TrainRequest
 
-    project_id: int | None
-    steps: int | None = None  # None: TRAIN_STEPS
-    trigger: str = "manual"  # manual | start_training | schedule
-
-
-@contextmanager
-def training_lock(connection: redis.Redis, ttl: int, wait: float) -> Iterator[None]:
-    """Hold LOCK_KEY for the block; a thread renews it every ttl/4 s.
-
-    If the holder dies the key expires after at most `ttl` s, so `wait` >= ttl lets the
-    next run go on after a killed worker."""
-    lock = connection.lock(LOCK_KEY, timeout=ttl, thread_local=False)
-    if not lock.acquire(blocking=True, blocking_timeout=wait):
-        raise TrainingBusy(f"another fine-tuning run holds {LOCK_KEY}")
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(max(1.0, ttl / 4)):
-            try:
-                lock.reacquire()
-            except Exception as exc:  # Redis restarting: the next beat tries again
-                log.warning("training lock renewal failed: %s", exc)
-
-    thread = threading.Thread(target=renew, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        try:
-            lock.release()
-        except Exception as exc:  # expired meanwhile: nothing to release
-            log.warning("training lock release: %s", exc)
+    for job in _pending(connection):
+        request = job.args[0] if job.args else None
+        if getattr(request, "project_id", object()) != project_id:
+            continue
+        if job.get_status() == JobStatus.STARTED and not worker_alive(connection, job):
+            # its train worker died mid-run: give the run back to the queue now (rq's own
+            # clean-up would wait for JOB_TIMEOUT); the next worker runs it again
+            requeue_abandoned(connection, job)
+            if job.get_status(refresh=True) != JobStatus.QUEUED:
+                continue  # no retries left: it failed; queue a fresh run below
+        log.info("training for project %s already %s: job %s", project_id,
+                 job.get_status(refresh=True), job.id)  # fmt: skip
+        return job
+    job = enqueue(
+        connection,
+        TRAIN,
+        JOB_FUNC,
+        TrainRequest(project_id, steps, trigger),
+        job_timeout=JOB_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=RESULT_TTL,
+        retries=1,  # a worker killed mid-run: rq's abandoned-job clean-up runs it once more
+        description=f"fine-tune project {project_id} ({trigger})",
+    )
+    log.info("queued fine-tuning of project %s (%s): job %s", project_id, trigger, job.id)
+    return job
 
 
-def run_training_job(request: TrainRequest) -> dict[str, Any]:
-    """The `train` queue's entry point (settings from the worker's environment)."""
-    from squeezesam.backend.redis_conn import connect
+def schedule_once(connection: redis.Redis, settings: Settings) -> list[str]:
+    """One scheduler tick: queue every project with enough new labels; returns job ids."""
+    from squeezesam.backend.store import Store
+    from squeezesam.backend.store.reads import new_labels_since_last_run, project_ids, reading
 
-    settings = Settings.from_env()
+    if settings.train_min_new_labels <= 0:
+        return []
     store = Store.open(settings)
     try:
-        with training_lock(connect(settings), settings.train_lock_ttl,
-                           wait=settings.train_lock_ttl + 5):  # fmt: skip
-            return train_project(settings, store, request)
+        with reading(store.engine) as conn:
+            due = [
+                p
+                for p in project_ids(conn)
+                if new_labels_since_last_run(conn, p) >= settings.train_min_new_labels
+            ]
     finally:
         store.close()
+    return [enqueue_training(connection, p, trigger="schedule").id for p in due]
 
 
-def _image_loader(settings: Settings) -> export_labels.ImageLoader:
-    from squeezesam.backend.images import Fetcher, decode
+def scheduler_loop(settings: Settings, stop_after: int | None = None) -> None:
+    from squeezesam.backend.redis_conn import connect
 
-    fetcher = Fetcher(settings)
-    return lambda ref: decode(fetcher.fetch(ref), settings.image_max_pixels)
-
-
-def _reconcile(settings: Settings, store: Store, project_id: int | None) -> str:
-    if project_id is None or not (settings.label_studio_url and settings.label_studio_api_key):
-        return "skipped"
-    try:
-        source = LabelStudioSource(settings.label_studio_url, settings.label_studio_api_key)
-        counts = reconcile(store, source, project_id)
-    except ReconcileError as exc:
-        log.warning("training goes on with the stored labels: %s", exc)
-        return f"failed: {exc}"
-    return "ok " + ", ".join(f"{k}={v}" for k, v in counts.items() if v)
-
-
-def train_project(settings: Settings, store: Store, request: TrainRequest) -> dict[str, Any]:
-    """One run (the caller holds the training lock). Returns a summary dict."""
-    registry = Registry(settings.registry_path, default_model=settings.model_file)
-    close_interrupted_runs(store.engine)  # their worker died: we hold the lock now
-    started, t0 = _now(), time.monotonic()
-    current_version = model_version_of(registry.active_path())
-    run_id = record_training_run(
-        store.engine, project=request.project_id, started_at=started, status="running",
-        current_version=current_version, reason=f"trigger: {request.trigger}",
-    )  # fmt: skip
-
-    def finish(status: str, decision: str, reason: str, **values: Any) -> dict[str, Any]:
-        duration = round(time.monotonic() - t0, 1)
-        update_training_run(store.engine, run_id, status=status, finished_at=_now(),
-                                   duration_s=duration, decision=decision, reason=reason,
-                                   **values)  # fmt: skip
-        log.info("training run %d: %s (%s)", run_id, decision, reason)
-        return {"run": run_id, "status": status, "decision": decision, "reason": reason,
-                "duration_s": duration, **values}  # fmt: skip
-
-    try:
-        reconciled = _reconcile(settings, store, request.project_id)
-        scope = f"p{request.project_id}" if request.project_id is not None else "all"
-        workdir = settings.data_path / "training" / scope
-        dataset = workdir / "dataset"
-        exported = export_labels.export_folder(store, dataset, _image_loader(settings),
-                                               request.project_id)  # fmt: skip
-        return _train_and_gate(settings, registry, request, run_id, workdir, dataset,
-                               exported, reconciled, current_version, finish)  # fmt: skip
-    except Exception as exc:
-        log.exception("training run %d failed", run_id)
-        finish("failed", "none", f"{type(exc).__name__}: {exc}")
-        raise
-
-
-def _train_and_gate(
-    settings: Settings, registry: Registry, request: TrainRequest, run_id: int, workdir: Path,
-    dataset: Path, exported: dict[str, Any], reconciled: str, current_version: str, finish,
-) -> dict[str, Any]:  # fmt: skip
-    # torch and the training code: only here, inside the train worker's job
-    from squeezesam.models.data import default_data_root, discover_sets, load_samples
-    from squeezesam.models.finetune import finetune, gate, guard_samples
-
-    train = load_samples(dataset, "train")
-    heldout = load_samples(dataset, "val")
-    data_size = len(train) + len(heldout)
-    if not train or not heldout:
-        return finish("finished", "none", f"not enough labels: {len(train)} train and "
-                      f"{len(heldout)} held-out images (reconcile {reconciled})",
-                      data_size=data_size)  # fmt: skip
-    checkpoint = registry.checkpoint_path()
-    if checkpoint is None:
-        return finish("failed", "none", f"the active version {current_version} has no fp16 "
-                      "checkpoint to fine-tune from", data_size=data_size)  # fmt: skip
-    base = default_data_root()
-    has_base = bool(discover_sets(base)) if base.is_dir() else False
-    if not has_base:
-        log.warning("no base data under %s: fine-tuning without replay or guard set", base)
-    version = f"squeezesam-{'all' if request.project_id is None else f'p{request.project_id}'}" \
-              f"-r{run_id}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}"  # fmt: skip
-    # half the cores: the interactive workers keep answering clicks during a run
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    result = finetune(
-        dataset, checkpoint, workdir / f"run{run_id}",
-        steps=request.steps or settings.train_steps, batch=settings.train_batch,
-        size=settings.train_size, replay_data=base if has_base else None,
-        replay_fraction=settings.train_replay_fraction, threads=threads, version=version,
-    )  # fmt: skip
-    guard = (guard_samples(base, settings.train_guard_per_set)
-             if has_base and settings.train_guard_per_set > 0 else [])  # fmt: skip
-    current_path = registry.active_path()
-    decision = gate(result.int8, current_path, heldout, guard, settings.train_gate_clicks,
-                    settings.train_guard_tolerance)  # fmt: skip
-    metrics = {"candidate": decision.candidate, "current": decision.current}
-    card = {
-        "metrics": metrics, "data_size": data_size, "train_images": len(train),
-        "heldout_images": len(heldout), "parent_version": current_version,
-        "project": request.project_id, "steps": result.steps, "run": run_id,
-        "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
-    }  # fmt: skip
-    registry.register(result.int8, result.version, card, checkpoint=result.checkpoint)
-    if decision.promote:
-        registry.promote(result.version)
-    return finish("finished", card["decision"], decision.reason, data_size=data_size,
-                  candidate_version=result.version, metrics=metrics)  # fmt: skip
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    connection = connect(settings)
+    ticks = 0
+    while stop_after is None or ticks < stop_after:
+        try:
+            queued = schedule_once(connection, settings)
+            if queued:
+                log.info("scheduler queued fine-tuning jobs %s", queued)
+        except Exception as exc:  # a DB or Redis hiccup: try again next tick
+            log.warning("training scheduler tick failed: %s", exc)
+        ticks += 1
+        if stop_after is None or ticks < stop_after:
+            time.sleep(settings.train_interval)

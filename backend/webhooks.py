@@ -20,7 +20,7 @@ from typing import Any
 from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.masks import decode_brush_rle
 from squeezesam.backend.store import Store
-from squeezesam.backend.store.schema import AnnotationRecord, ClickRecord, ObjectRecord
+from squeezesam.backend.store.schema import AnnotationRecord, ObjectRecord
 
 log = logging.getLogger(__name__)
 
@@ -159,31 +159,6 @@ def _model_version(prediction: Any, parent: Any, task: Mapping[str, Any]) -> str
         if isinstance(p, Mapping) and parent is not None and p.get("id") == parent:
             return _optional_str(p.get("model_version"))
     return None
-
-
-def clicks_from_context(context: Any) -> list[ClickRecord]:
-    """The keypoints of an interactive /predict `params.context` as Click rows.
-
-    Rectangles are not clicks and are skipped; malformed regions are skipped too (the
-    predict path validates them itself; recording must never fail a click)."""
-    items = context.get("result") if isinstance(context, Mapping) else None
-    out = []
-    for item in items if isinstance(items, list) else []:
-        value = item.get("value") if isinstance(item, Mapping) else None
-        if not isinstance(value, Mapping) or item.get("type") != "keypointlabels":
-            continue
-        x, y = value.get("x"), value.get("y")
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (x, y)):
-            continue
-        labels = value.get("keypointlabels") or value.get("labels") or []
-        out.append(ClickRecord(
-            x=float(x), y=float(y), is_positive=item.get("is_positive", True) is not False,
-            label=str(labels[0]) if isinstance(labels, list) and labels else None,
-            region_id=_optional_str(item.get("id")),
-            image_width=optional_int(item.get("original_width")),
-            image_height=optional_int(item.get("original_height")),
-        ))  # fmt: skip
-    return out
 
 
 # --- small validators ---------------------------------------------------------------------

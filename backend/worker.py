@@ -156,7 +156,7 @@ def run_worker(queues: list[str], settings: Settings, burst: bool = False) -> No
     serving = any(q in MODEL_QUEUES for q in queues)
     if serving:
         runtime(settings)  # fail here, loudly, if the model cannot load
-    # the `train` queue's jobs import torch themselves (backend/training.py); a worker on
+    # the `train` queue's jobs import torch themselves (backend/training_job.py); a worker on
     # it loads no ONNX model. rq's single train worker + the Redis lock there mean one
     # fine-tuning run at a time.
     worker = WarmWorker(queues, connection=connection)

@@ -45,7 +45,7 @@ from squeezesam.backend.dispatch import Dispatcher
 from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import ping, segment
 from squeezesam.backend.labelstudio import (
-    ClickPrompt,
+    Prompt,
     brush_result,
     parse_label_config,
 )
@@ -86,9 +86,7 @@ def direct(model: Path, threads: int, images: list[Path], points, gap: float) ->
         image = images[i // CLICKS_PER_IMAGE]
         time.sleep(gap)
         t0 = time.perf_counter()
-        mask, predicted = segment(
-            predictor, prepared[image], ClickPrompt(((x, y, True),), None, None)
-        )
+        mask, predicted = segment(predictor, prepared[image], Prompt(((x, y, True),), None, None))
         brush_result(mask, "Person", predicted.score, config)
         times.append((time.perf_counter() - t0) * 1000)
     return times

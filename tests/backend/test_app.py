@@ -12,7 +12,7 @@ from PIL import Image
 
 from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import segment
-from squeezesam.backend.labelstudio import ClickPrompt
+from squeezesam.backend.labelstudio import Prompt
 from squeezesam.models.predictor import Predictor
 
 from .conftest import click_body, keypoint, rectangle, upload_ref
@@ -26,7 +26,7 @@ def predictor(model_path) -> Predictor:
 def direct_mask(predictor, image, points, box=None) -> np.ndarray:
     """The mask computed in this process, without HTTP, Redis or workers."""
     prepared = predictor.prepare(decode(image.read_bytes(), 10**9))
-    return segment(predictor, prepared, ClickPrompt(tuple(points), box, None))[0]
+    return segment(predictor, prepared, Prompt(tuple(points), box, None))[0]
 
 
 def decoded(region: dict) -> np.ndarray:

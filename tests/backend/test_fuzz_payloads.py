@@ -1,7 +1,7 @@
 """Label Studio payloads under arbitrary input: a typed error or a valid result, never a crash.
 
 Covers the parsers (labelstudio.parse_label_config / parse_context / task_image /
-task_regions, webhooks.parse_annotation / clicks_from_context, masks.decode_brush_rle) and
+task_regions, webhooks.parse_annotation, masks.decode_brush_rle) and
 the routes `/predict`, `/setup`, `/webhook` through Flask's test client: every generated
 body answers < 500 with a JSON `error` naming the problem, or a valid result. The queue
 is stubbed for the routes (what the worker does is covered by the image and worker
@@ -178,10 +178,17 @@ def test_task_image(task_id, data, label_config):
 
 
 @FUZZ
-@given(contexts)
-def test_clicks_from_context_never_raises(context):
-    for click in webhooks.clicks_from_context(context):
-        assert math.isfinite(click.x) and math.isfinite(click.y)
+@given(context=contexts)
+def test_the_click_records_come_from_the_same_parse_as_the_prompt(context, label_config):
+    """One parse per request: every keypoint of the prompt is one click record, same
+    place and sign (a malformed context fails as a whole, so nothing is recorded)."""
+    try:
+        prompt = parse_context(context, parse_label_config(label_config))
+    except PayloadError:
+        return
+    assert [(r.x, r.y, r.is_positive) for r in prompt.records] == list(prompt.points)
+    for record in prompt.records:
+        assert math.isfinite(record.x) and math.isfinite(record.y)
 
 
 @FUZZ
@@ -302,13 +309,14 @@ def fuzz_client(settings, tmp_path_factory):
     """The app on a private Redis and data dir, with the queue stubbed: an enqueued job
     answers at once with an empty mask (no worker is involved)."""
     from squeezesam.backend import app as app_module
+    from squeezesam.backend import services as services_module
 
     server = EmbeddedRedis(watchdog=False)
     own = replace(settings, redis_url=server.url,
                   data_dir=str(tmp_path_factory.mktemp("fuzz-data")))  # fmt: skip
     calls: list[str] = []
 
-    class StubDispatcher(app_module.Dispatcher):
+    class StubDispatcher(services_module.Dispatcher):
         def run(self, queue, func, spec, timeout):
             calls.append(queue)
             return Outcome(200, json.dumps({"result": [], "score": 0.0, "model_version": "x"}))
@@ -320,12 +328,12 @@ def fuzz_client(settings, tmp_path_factory):
         def wait(self, job, deadline):
             return Outcome(200, json.dumps({"result": [], "score": 0.0, "model_version": "x"}))
 
-    original = app_module.Dispatcher
-    app_module.Dispatcher = StubDispatcher
+    original = services_module.Dispatcher
+    services_module.Dispatcher = StubDispatcher
     try:
         yield app_module.create_app(own).test_client(), calls
     finally:
-        app_module.Dispatcher = original
+        services_module.Dispatcher = original
         server.close()
 
 

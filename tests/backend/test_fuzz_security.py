@@ -53,7 +53,7 @@ def routes(app):
 
 
 def test_open_endpoints_are_only_health_and_webhook():
-    assert OPEN_ENDPOINTS == {"health", "webhook"}
+    assert OPEN_ENDPOINTS == {"predict.health", "webhook.webhook"}
 
 
 @pytest.mark.parametrize(
@@ -68,15 +68,16 @@ def test_every_route_needs_basic_auth(locked_app, headers):
     for endpoint, method, path in routes(locked_app):
         seen.add(endpoint)
         response = client.open(path, method=method, json={}, headers=headers)
-        if endpoint == "health":
+        if endpoint == "predict.health":
             assert response.status_code == 200
-        elif endpoint == "webhook":
+        elif endpoint == "webhook.webhook":
             assert response.status_code == 403, (path, response.status_code)
             assert "X-Webhook-Secret" in response.json["error"]
         else:
             assert response.status_code == 401, (endpoint, method, path, response.status_code)
             assert response.headers["WWW-Authenticate"].startswith("Basic")
-    assert {"predict", "setup", "webhook", "health", "versions"} <= seen
+    assert {"predict.predict", "predict.setup", "webhook.webhook", "predict.health",
+            "predict.versions"} <= seen  # fmt: skip
 
 
 def test_with_credentials_no_route_answers_401(locked_app):

@@ -10,9 +10,9 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from squeezesam.backend.export_labels import label_kind
 from squeezesam.backend.labelstudio import (
-    ClickPrompt,
     PayloadError,
     ProjectConfig,
+    Prompt,
     brush_result,
     choose_label,
     object_label,
@@ -118,4 +118,4 @@ def test_brush_result_rle_round_trip(label_config):
     back = decode_rle(result["value"]["rle"]).reshape(37, 53, 4)[:, :, 3]
     assert np.array_equal(back > 0, mask)
     assert result["score"] == 0.9123 and result["value"]["format"] == "rle"
-    assert ClickPrompt((), None, None).points == ()
+    assert Prompt((), None, None).points == ()

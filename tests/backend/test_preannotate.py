@@ -194,7 +194,7 @@ def test_progress_contract(conn, pre_settings, standin, pool, sample_images):
     project, ids = new_project(standin, [sample_images[3].name])
     run_project(conn, pre_settings, project)
     [run] = progress.read_progress(conn, project)
-    assert progress.state == "finished" and progress.model_version == model_version(pre_settings)
+    assert run.state == "finished" and run.model_version == model_version(pre_settings)
 
 
 # --- bulk /predict against the deadline -------------------------------------------------

@@ -10,8 +10,8 @@ from PIL import Image
 from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import segment
 from squeezesam.backend.labelstudio import (
-    ClickPrompt,
     ProjectConfig,
+    Prompt,
     brush_result,
     object_label,
     parse_label_config,
@@ -87,7 +87,7 @@ def test_first_click_on_a_preannotated_object_refines_it(
     assert refined["value"]["brushlabels"] == region["value"]["brushlabels"]  # label kept
     before = decoded(region)
     prepared = predictor.prepare(decode(image.read_bytes(), 10**9))
-    expected, _ = segment(predictor, prepared, ClickPrompt(((x, y, True),), None, other), before)
+    expected, _ = segment(predictor, prepared, Prompt(((x, y, True),), None, other), before)
     assert np.array_equal(decoded(refined), expected)  # the region was the previous mask
     after = decoded(refined)
     assert (after & before).sum() / (after | before).sum() > 0.7  # not thrown away
@@ -107,7 +107,7 @@ def test_click_outside_every_region_starts_a_new_object(
     assert response.status_code == 200, response.json
     results = response.json["results"][0]["result"]
     prepared = predictor.prepare(decode(image.read_bytes(), 10**9))
-    expected, _ = segment(predictor, prepared, ClickPrompt(((px, py, True),), None, "Pet"))
+    expected, _ = segment(predictor, prepared, Prompt(((px, py, True),), None, "Pet"))
     if not expected.any():
         assert results == []
         return

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from label_studio_sdk.converter.brush import mask2rle
 
 from squeezesam.backend import webhooks
+from squeezesam.backend.labelstudio import parse_context, parse_label_config
 from squeezesam.backend.store import Store, StoreError
 from squeezesam.backend.store.schema import ClickRecord, metadata
 
@@ -152,7 +153,7 @@ def test_record_clicks_from_a_captured_context_skips_resent_keypoints(store):
     context = body["params"]["context"]
     project = webhooks.project_id_of(body["project"])
     task = body["tasks"][0]["id"]
-    clicks = webhooks.clicks_from_context(context)
+    clicks = parse_context(context, parse_label_config(body["label_config"])).records
     assert [(c.is_positive, c.label) for c in clicks] == [(True, "Person"), (False, "Person")]
     assert store.record_clicks(project, task, clicks, model_version="m1") == 2
     assert store.record_clicks(project, task, clicks, model_version="m1") == 0

@@ -33,8 +33,8 @@ from squeezesam.backend.registry import Registry
 from squeezesam.backend.store import Store
 from squeezesam.backend.store.reads import reading
 from squeezesam.backend.store.runs import training_runs
-from squeezesam.backend.train_queue import enqueue_training
-from squeezesam.backend.training import LOCK_KEY
+from squeezesam.backend.training import enqueue_training
+from squeezesam.backend.training_job import LOCK_KEY
 from squeezesam.models.data import discover_sets, load_set, write_set
 
 from .conftest import WorkerPool, click_body, keypoint, load_capture, make_settings
@@ -377,7 +377,7 @@ def test_a_train_worker_killed_mid_run_loses_nothing(service):
 
 def test_new_labels_since_last_run_drive_the_scheduler(service):
     from squeezesam.backend.store.reads import new_labels_since_last_run as new_labels
-    from squeezesam.backend.train_queue import schedule_once
+    from squeezesam.backend.training import schedule_once
 
     def new_labels_since_last_run(store: Store, project: int) -> int:
         with reading(store.engine) as conn:

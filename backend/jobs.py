@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -37,10 +38,12 @@ from squeezesam.backend.labelstudio import (
     prompt_clicks,
 )
 from squeezesam.backend.masks import clean_mask, clip_to_box, decode_brush_rle
-from squeezesam.backend.worker import Runtime, runtime
 from squeezesam.models.clicks import Click
 from squeezesam.models.objects import find_objects
 from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
+
+if TYPE_CHECKING:
+    from squeezesam.backend.worker import Runtime
 
 REPLY_TTL = 60  # seconds a reply waits for its reader (the job's result_ttl)
 
@@ -140,7 +143,7 @@ def segment_clicks(
 
 def segment_click(job: SegmentJob) -> Outcome:
     """One click: cached image -> `segment` -> brushlabels result (the interactive path)."""
-    rt = runtime()
+    rt = _runtime()
     predictor = rt.predictor  # once: a model swap mid-job must not mix two versions
     try:
         prepared = load_image(rt, job.image_ref)
@@ -219,4 +222,12 @@ def preannotate(rt: Runtime, image_ref: str, config: ProjectConfig) -> Outcome:
 
 def preannotate_task(job: TaskJob) -> Outcome:
     """One task of a bulk `/predict` (see `preannotate`)."""
-    return reply_early(preannotate(runtime(), job.image_ref, job.config))
+    return reply_early(preannotate(_runtime(), job.image_ref, job.config))
+
+
+def _runtime() -> Runtime:
+    """The worker's runtime, imported where a job runs: the web process imports this
+    module for the job specs and the Outcome, and never loads the worker."""
+    from squeezesam.backend.worker import runtime
+
+    return runtime()

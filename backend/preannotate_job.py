@@ -159,7 +159,7 @@ def _one_task(
         ls.create_prediction(task_id, item["result"], item["score"], version)
         store = label_store(rt)
         if store is not None:
-            store.record_served_item(task_id, item, "preannotation")
+            store.served.record_served_item(task_id, item, "preannotation")
         conn.sadd(done, task_id)
         conn.hdel(errors_key(project_id), task_id)
         return "written"

@@ -113,11 +113,11 @@ class Services:
                 return
             if records:
                 try:
-                    opened.record_clicks(project, int(task_id), records,
+                    opened.served.record_clicks(project, int(task_id), records,
                                          model_version=item.get("model_version"))  # fmt: skip
                 except Exception as exc:
                     log.warning("clicks not recorded: %s: %s", type(exc).__name__, exc)
-            opened.record_served_item(task_id, item, "click")
+            opened.served.record_served_item(task_id, item, "click")
 
         self.recorder.submit(write)
 
@@ -138,6 +138,6 @@ class Services:
             if opened is None:
                 return
             for task_id, item in served:
-                opened.record_served_item(task_id, item, kind)
+                opened.served.record_served_item(task_id, item, kind)
 
         self.recorder.submit(write)

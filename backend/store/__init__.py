@@ -24,8 +24,10 @@ The package, one module a concept (SQL is written here and nowhere else in the b
   scheduler; label_rows.py: the dashboard's one scan; runs.py: the fine-tuning runs;
 - cli.py: `squeezesam labels ...`.
 
-`Store` puts the parts together by composition (`store.served`, `store.annotations`,
-both over one `store.db`) and offers their operations under one name.
+`Store` puts the parts together by composition, over one `store.db`: the annotations'
+operations are the store's own (`store.save_annotation`, `store.training_annotations`,
+... delegating to `store.annotations`); the interactive trail is `store.served`
+(`store.served.record_clicks`, `store.served.record_served_item`, ...).
 """
 
 from __future__ import annotations
@@ -125,30 +127,6 @@ class Store:
 
     def load_mask(self, obj: StoredObject) -> np.ndarray:
         return self.annotations.load_mask(obj)
-
-    # --- clicks and served regions (served.py) ------------------------------------------
-
-    def record_clicks(
-        self,
-        project_id: int,
-        task_id: int,
-        points: Iterable[ClickRecord],
-        model_version: str | None = None,
-    ) -> int:
-        return self.served.record_clicks(project_id, task_id, points, model_version)
-
-    def clicks_for_task(self, task_id: int) -> list[dict[str, Any]]:
-        return self.served.clicks_for_task(task_id)
-
-    def record_served(self, task_id: int, regions: Iterable[ServedRegion]) -> int:
-        return self.served.record_served(task_id, regions)
-
-    def record_served_item(self, task_id: Any, item: Any, kind: str) -> int:
-        """The regions of one served `/predict` item; never raises (served.py)."""
-        return self.served.record_item(task_id, item, kind)
-
-    def served_for_task(self, task_id: int) -> list[dict[str, Any]]:
-        return self.served.served_for_task(task_id)
 
     # --- counts (reads.py) ----------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Clicks are kept for click-level training later. Served regions let a saved annotation be
 compared with what the annotator started from (`started_from`): Label Studio keeps a
 region's id when the annotator accepts a prediction, so an object whose region id is a
-served region's id came from it. `record_item` records the regions of one `/predict`
+served region's id came from it. `record_served_item` records the regions of one `/predict`
 result item as served, and never fails the prediction it records.
 """
 
@@ -111,7 +111,7 @@ class Served:
             conn.execute(served_regions.delete().where(served_regions.c.served_at < cutoff))
         return new
 
-    def record_item(self, task_id: Any, item: Any, kind: str) -> int:
+    def record_served_item(self, task_id: Any, item: Any, kind: str) -> int:
         """`record_served` for one served `/predict` item; logs and returns 0 on any
         failure (never fail a prediction for this)."""
         try:

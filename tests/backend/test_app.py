@@ -154,7 +154,7 @@ def test_bulk_and_click_answers_record_the_served_regions(
     try:
         for task, answer, kind in ((71, item, "preannotation"), (72, clicked, "click")):
             assert answer["result"] and all(len(r["id"]) == 10 for r in answer["result"])
-            rows = store.served_for_task(task)
+            rows = store.served.served_for_task(task)
             assert {r["region_id"] for r in rows} == {r["id"] for r in answer["result"]}
             assert {(r["kind"], r["model_version"]) for r in rows} == {
                 (kind, answer["model_version"])}  # fmt: skip
@@ -162,6 +162,6 @@ def test_bulk_and_click_answers_record_the_served_regions(
         [again] = client.post("/predict", json=body).json["results"]
         assert app.extensions["squeezesam.recorder"].flush()
         assert [r["id"] for r in again["result"]] == [r["id"] for r in item["result"]]
-        assert len(store.served_for_task(71)) == len(item["result"])
+        assert len(store.served.served_for_task(71)) == len(item["result"])
     finally:
         store.close()

@@ -58,7 +58,7 @@ def test_serve_alone_brings_up_redis_web_and_workers(
         assert proc.wait(timeout=30) == 0
     store = Store.open(Settings(data_dir=str(tmp_path / "data")))
     try:
-        assert [(c["x"], c["y"]) for c in store.clicks_for_task(1)] == [(50.0, 50.0)]
+        assert [(c["x"], c["y"]) for c in store.served.clicks_for_task(1)] == [(50.0, 50.0)]
     finally:
         store.close()
 

@@ -74,13 +74,13 @@ def seed_history(store: Store) -> None:
         assert store.save_annotation(record) == "created"
     store.mark_deleted([6], P)
     # 3 clicks on task 1000 (v1), 2 on task 1001 (v2), 1 on project 8's task 2000
-    store.record_clicks(
+    store.served.record_clicks(
         P, 1000, [ClickRecord(10, 10, True, region_id=f"k{i}") for i in range(3)], "v1"
     )
-    store.record_clicks(
+    store.served.record_clicks(
         P, 1001, [ClickRecord(10, 10, True, region_id=f"m{i}") for i in range(2)], "v2"
     )
-    store.record_clicks(8, 2000, [ClickRecord(10, 10, True, region_id="n0")], "v1")
+    store.served.record_clicks(8, 2000, [ClickRecord(10, 10, True, region_id="n0")], "v1")
 
 
 PERIOD = figures.Period.parse(str(P), "2026-03-01", "2026-03-02")  # two whole days
@@ -203,7 +203,7 @@ def test_acceptance_from_served_regions_split_by_version(tmp_path):
     def served(task, masks, version, kind="preannotation"):
         item = prediction([brush_result(m > 0, "Person", 0.9, config) for m in masks], 0.9,
                           version)  # fmt: skip
-        assert s.record_served_item(task, item, kind) == len(masks)
+        assert s.served.record_served_item(task, item, kind) == len(masks)
         return item["result"]
 
     def final(aid, task, regions, when):

@@ -82,7 +82,7 @@ def test_state_from_redis_and_the_store(tmp_path, conn):
         store.save_annotation(AnnotationRecord(aid, 5, 100 + aid, None, when,
                                                was_cancelled=cancelled))  # fmt: skip
     store.mark_deleted([2], 5)
-    store.record_clicks(
+    store.served.record_clicks(
         5, 101, [ClickRecord(1, 1, True, region_id="a"), ClickRecord(2, 2, False, region_id="b")]
     )
     record_training_run(store.engine, project=5, started_at=when, status="finished",

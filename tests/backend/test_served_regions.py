@@ -61,21 +61,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_served_regions_are_recorded_once_per_task_and_region(store):
     index, objs = real_objects()
     item = served_item([(index == k, "Person") for k, _ in objs[:2]])
-    assert store.record_served_item(TASK, item, "preannotation") == 2
-    assert store.record_served_item(TASK, item, "preannotation") == 0  # a cached resend
-    rows = store.served_for_task(TASK)
+    assert store.served.record_served_item(TASK, item, "preannotation") == 2
+    assert store.served.record_served_item(TASK, item, "preannotation") == 0  # a cached resend
+    rows = store.served.served_for_task(TASK)
     assert {r["region_id"] for r in rows} == {r["id"] for r in item["result"]}
     assert {(r["kind"], r["model_version"], r["label"]) for r in rows} == {
         ("preannotation", "v7", "Person")}  # fmt: skip
     # malformed items are skipped, never raised
-    assert store.record_served_item(TASK, '{"result": [{"type": "brushlabels"}]}', "x") == 0
-    assert store.record_served_item(TASK, "not json", "click") == 0
+    assert store.served.record_served_item(TASK, '{"result": [{"type": "brushlabels"}]}', "x") == 0
+    assert store.served.record_served_item(TASK, "not json", "click") == 0
 
 
 def test_accepted_unchanged_gets_iou_1_and_the_version(store):
     index, objs = real_objects()
     item = served_item([(index == k, "Person") for k, _ in objs[:2]])
-    store.record_served_item(TASK, item, "preannotation")
+    store.served.record_served_item(TASK, item, "preannotation")
     payload = annotation_from(item, [(0, None, "Person"), (1, None, "Person")])
     assert payload["annotation"]["prediction"] == {}  # as Label Studio sends it
     assert webhooks.handle_event(store, payload)["result"] == "created"
@@ -91,8 +91,8 @@ def test_changed_object_gets_the_true_iou_and_deleted_ones_are_counted(store):
     assert len(objs) >= 3
     served = [(index == k, "Person") for k, _ in objs[:3]]
     item = served_item(served)
-    store.record_served_item(TASK, item, "preannotation")
-    store.record_served_item(TASK, served_item(served[:1], "v8"), "click")  # not this batch
+    store.served.record_served_item(TASK, item, "preannotation")
+    store.served.record_served_item(TASK, served_item(served[:1], "v8"), "click")  # not this batch
     # the annotator grows object 0 by its neighbour object 2's pixels, relabels object 1,
     # deletes object 2 and draws one by hand
     edited = np.logical_or(served[0][0], index == objs[2][0])
@@ -119,7 +119,7 @@ def test_nothing_served_leaves_the_columns_empty(store):
 def test_a_broken_served_row_never_fails_the_label(store):
     index, objs = real_objects()
     item = served_item([(index == objs[0][0], "Person")])
-    store.record_served_item(TASK, item, "preannotation")
+    store.served.record_served_item(TASK, item, "preannotation")
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE served_regions SET rle = '[1, 2, 3]'")
     assert webhooks.handle_event(store, annotation_from(item, [(0, None, "Person")]))[
@@ -129,12 +129,12 @@ def test_a_broken_served_row_never_fails_the_label(store):
 
 def test_old_retention_rows_are_dropped(store):
     index, objs = real_objects()
-    store.record_served_item(5, served_item([(index == objs[0][0], "Person")]), "click")
+    store.served.record_served_item(5, served_item([(index == objs[0][0], "Person")]), "click")
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE served_regions SET served_at = :t"),
                      {"t": dt.datetime(2000, 1, 1)})  # fmt: skip
-    store.record_served_item(TASK, served_item([(index == objs[1][0], "Pet")]), "click")
-    assert store.served_for_task(5) == [] and len(store.served_for_task(TASK)) == 1
+    store.served.record_served_item(TASK, served_item([(index == objs[1][0], "Pet")]), "click")
+    assert store.served.served_for_task(5) == [] and len(store.served.served_for_task(TASK)) == 1
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -155,23 +155,23 @@ def test_record_clicks_from_a_captured_context_skips_resent_keypoints(store):
     task = body["tasks"][0]["id"]
     clicks = parse_context(context, parse_label_config(body["label_config"])).records
     assert [(c.is_positive, c.label) for c in clicks] == [(True, "Person"), (False, "Person")]
-    assert store.record_clicks(project, task, clicks, model_version="m1") == 2
-    assert store.record_clicks(project, task, clicks, model_version="m1") == 0
-    stored = store.clicks_for_task(task)
+    assert store.served.record_clicks(project, task, clicks, model_version="m1") == 2
+    assert store.served.record_clicks(project, task, clicks, model_version="m1") == 0
+    stored = store.served.clicks_for_task(task)
     assert [(c["x"], c["y"], c["is_positive"]) for c in stored] == [
         (48.5, 40.2, True),
         (60.1, 70.3, False),
     ]
     assert stored[0]["model_version"] == "m1" and stored[0]["project_id"] == 2
     # clicks without a region id are all kept
-    assert store.record_clicks(project, task, [ClickRecord(1.0, 2.0, True)] * 2) == 2
+    assert store.served.record_clicks(project, task, [ClickRecord(1.0, 2.0, True)] * 2) == 2
 
 
 def test_stats_count_kept_deleted_objects_and_clicks(store):
     webhooks.handle_event(store, webhook("62_*__ml_webhook.json"))
     webhooks.handle_event(store, webhook("68_*__ml_webhook.json"))
     webhooks.handle_event(store, webhook("70_*__ml_webhook.json"))
-    store.record_clicks(2, 1, [ClickRecord(1.0, 2.0, True, region_id="a")])
+    store.served.record_clicks(2, 1, [ClickRecord(1.0, 2.0, True, region_id="a")])
     stats = store.stats()["projects"]["2"]
     assert stats["annotations"] == {"kept": 1, "deleted": 1, "cancelled": 0}
     assert stats["objects"] == {"Person": 1} and stats["clicks"] == 1

@@ -342,7 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     commands += [me + ["worker", "--queues", "interactive"]] * max(1, args.workers)
     commands += [me + ["worker", "--queues", "preannotate"]]
     # exactly one train worker: fine-tuning runs one at a time (plus the lock in
-    # training.py); it imports torch only inside its jobs
+    # training_job.py); it imports torch only inside its jobs
     commands += [me + ["worker", "--queues", "train"]]
     commands += [me + ["train-scheduler"]]  # TRAIN_MIN_NEW_LABELS every TRAIN_INTERVAL s
     supervisor = Supervisor(commands, env)

@@ -1,6 +1,6 @@
 """Starting fine-tuning runs: enqueue on `train`, and the scheduler.
 
-Four ways in, one queue: Label Studio's "Start Training" (START_TRAINING webhook, app.py),
+Four ways in, one queue: Label Studio's "Start Training" (START_TRAINING webhook, model.py),
 the scheduler loop (`squeezesam train-scheduler`, started by `squeezesam serve`: every
 TRAIN_INTERVAL s, each project with TRAIN_MIN_NEW_LABELS new labels since its last run),
 `squeezesam train` (training_cli.py), and tests. What a run does is training_job.py.

@@ -12,13 +12,13 @@ auto-created webhook sends no Basic auth).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from squeezesam.backend.auth import basic_auth_ok
 from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.metrics import register_metrics
@@ -55,13 +55,8 @@ def _add_guards(app: Flask, settings: Settings) -> None:
     def guard() -> Response | None:
         g.started = time.perf_counter()
         if settings.basic_auth_enabled and request.endpoint not in OPEN_ENDPOINTS:
-            auth = request.authorization
-            ok = (
-                auth is not None
-                and auth.type == "basic"
-                and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-                and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
-            )
+            auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
+            ok = basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass)
             if not ok:
                 response = error("HTTP Basic authentication required", 401)
                 response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'

@@ -7,10 +7,9 @@ What an event does is `SqueezeSAMBackend.fit` (model.py); the answer follows the
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, Response, jsonify, request
 
+from squeezesam.backend.auth import webhook_secret_ok
 from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.routes import backend, error, json_body, services
 
@@ -26,7 +25,7 @@ def webhook() -> Response:
     secret = services().settings.webhook_secret
     if secret:
         given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-        if not hmac.compare_digest(given, secret):
+        if not webhook_secret_ok(given, secret):  # any bytes: a 403, never a 500
             return error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header", 403)
     body = json_body()
     action = body.get("action")

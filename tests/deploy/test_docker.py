@@ -1,12 +1,15 @@
 """docker/: the Dockerfiles and compose.yaml, checked statically.
 
-No docker daemon runs where the tests run, so nothing here builds or starts an image.
-What is checked: compose.yaml is valid for the compose CLI when one is installed
-(`docker compose` or Debian's `docker-compose`), brings up every part of the stack with
-health checks and volumes, sets only environment variables our Settings know, and runs
-only commands `squeezesam` has (parsed by the real argument parser); the Dockerfiles
-follow the rules we care about (pinned base, non-root user, health check, no torch in
-the serving image, CPU torch in the training image).
+Nothing here builds or starts an image: `docker/smoke.sh` (run by `.ci/run`) does that
+with podman. What is checked here: compose.yaml is valid for the compose CLI when one is
+installed (`docker compose` or Debian's `docker-compose`) and refuses to start without its
+secrets, brings up every part of the stack with health checks and volumes, keeps Redis
+off the host and Label Studio behind a profile, passes the auth pair and the webhook
+secret to the backend, stops every process on SIGTERM, sets only environment variables
+our Settings know, and runs only commands `squeezesam` has (parsed by the real argument
+parser); `.env.example` holds no secret; the Dockerfiles follow the rules we care about
+(pinned base, non-root user, health check, no torch in the serving image, CPU torch in
+the training image, a complete backend as the serving image's default command).
 """
 
 from __future__ import annotations
@@ -27,9 +30,13 @@ from squeezesam.backend.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
 OURS = ("docker/Dockerfile", "docker/Dockerfile.train")
 SETTINGS_ENV = {f.metadata["env"] for f in fields(Settings)}
-COMPOSE_ENV = {"LS_TOKEN": "0" * 40, "LS_PASSWORD": "test"}  # the required ${...:?} vars
+# the required ${...:?} variables
+COMPOSE_ENV = {"LS_TOKEN": "0" * 40, "LS_PASSWORD": "test", "BASIC_AUTH_PASS": "pass",
+               "WEBHOOK_SECRET": "hook"}  # fmt: skip
+SECRETS = ("LS_TOKEN", "BASIC_AUTH_PASS", "WEBHOOK_SECRET", "LS_PASSWORD")
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +96,13 @@ def test_the_training_image_has_cpu_torch_and_the_train_extra():
     runs = " ".join(a for k, a in instructions(DOCKER / "Dockerfile.train") if k == "RUN")
     pyproject = (REPO / "pyproject.toml").read_text()
     [pin] = re.findall(r'"(torch==[\d.]+)"', pyproject)
+    # the CPU index by default; a mounted folder with the CPU wheel where it is out of reach
+    # (docker/smoke.sh), and then the build proves it got the CPU build
     assert f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu" in runs
+    assert f'pip install {pin} --find-links "$TORCH_FIND_LINKS"' in runs
+    assert "'+cpu' not in torch.__version__" in runs
     assert runs.index("download.pytorch.org") < runs.index("'.[train]'"), "torch first"
+    assert runs.index("TORCH_FIND_LINKS") < runs.index("'.[train]'"), "torch first"
 
 
 def test_the_build_context_leaves_out_the_heavy_and_private_parts():
@@ -112,31 +124,72 @@ def compose_cli() -> list[str] | None:
     return None
 
 
+def _config(cli: list[str], env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV} | env
+    env.pop("COMPOSE_PROFILES", None)
+    return subprocess.run(
+        [*cli, "-f", str(COMPOSE), "--profile", "labelstudio", "config"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+
+
 def test_compose_config_is_valid_for_the_compose_cli(tmp_path):
     cli = compose_cli()
     if cli is None:
         pytest.skip("no `docker compose` or `docker-compose` here (.ci/run installs one)")
-    import os
-
-    env = os.environ | COMPOSE_ENV
-    done = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config"], env=env, capture_output=True, text=True
-    )
+    done = _config(cli, COMPOSE_ENV, tmp_path)
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
     assert resolved["services"]["interactive"]["deploy"]["replicas"] == 2
+    web = resolved["services"]["web"]["environment"]
+    assert web["BASIC_AUTH_PASS"] == "pass" and web["WEBHOOK_SECRET"] == "hook"
+    assert web["BASIC_AUTH_USER"] == "labelstudio"
+    assert web["LABEL_STUDIO_URL"] == "http://labelstudio:8080"
+    # joining an existing Label Studio: its URL reaches every backend service
+    joined = yaml.safe_load(
+        _config(cli, COMPOSE_ENV | {"LABEL_STUDIO_URL": "http://ls.example:8080"}, tmp_path).stdout
+    )
+    for name, svc in our_services(joined).items():
+        assert svc["environment"]["LABEL_STUDIO_URL"] == "http://ls.example:8080", name
 
 
-def test_compose_refuses_to_start_without_the_secrets(tmp_path):
+@pytest.mark.parametrize("missing", SECRETS)
+def test_compose_refuses_to_start_without_the_secrets(tmp_path, missing):
     cli = compose_cli()
     if cli is None:
         pytest.skip("no compose CLI here")
-    import os
+    for value in (None, ""):  # unset, and empty as in .env.example
+        env = {k: v for k, v in COMPOSE_ENV.items() if k != missing}
+        if value is not None:
+            env[missing] = value
+        done = _config(cli, env, tmp_path)
+        assert done.returncode != 0, f"compose started with {missing}={value!r}"
+        assert missing in done.stderr + done.stdout
 
-    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
-    done = subprocess.run([*cli, "-f", str(COMPOSE), "config"], env=env, capture_output=True,
-                          text=True, cwd=tmp_path)  # fmt: skip
-    assert done.returncode != 0 and "LS_TOKEN" in done.stderr + done.stdout
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value.split("#")[0].strip()
+    return pairs
+
+
+def test_the_env_example_names_every_required_variable_and_holds_no_secret(compose):
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert required == set(SECRETS), required
+    example = env_example()
+    for name in required:
+        assert name in example, f".env.example does not name {name}"
+        assert example[name] == "", f".env.example ships a value for {name}: copied, it would"
+    text = ENV_EXAMPLE.read_text()
+    # how the same pair is entered in Label Studio
+    assert "Use Basic Authentication" in text and "X-Webhook-Secret" in text
+    assert example.get("COMPOSE_PROFILES") == "labelstudio", "the demo is the default"
+    assert "LABEL_STUDIO_URL" in text, "how to join an existing Label Studio"
 
 
 def test_compose_brings_up_the_whole_stack(compose):
@@ -145,6 +198,15 @@ def test_compose_brings_up_the_whole_stack(compose):
         "labelstudio", "redis", "web", "interactive", "preannotate", "trainer", "scheduler",
     }  # fmt: skip
     assert services["labelstudio"]["image"].startswith("heartexlabs/label-studio:1.23.")
+    # the demo's Label Studio behind a profile; the backend never needs it
+    assert services["labelstudio"]["profiles"] == ["labelstudio"]
+    for name, svc in services.items():
+        if name != "labelstudio":
+            assert "profiles" not in svc, name
+            assert "labelstudio" not in (svc.get("depends_on") or {}), name
+        # PID 1 ignores SIGTERM without a handler: an init passes it on (`docker stop`)
+        assert svc.get("init") is True, f"{name}: no init, SIGTERM would be ignored"
+        assert str(svc.get("stop_grace_period", "10s")) == "10s", name
     ls_env = services["labelstudio"]["environment"]
     for name, value in {
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
@@ -157,7 +219,19 @@ def test_compose_brings_up_the_whole_stack(compose):
     ), "the backend must use the token Label Studio gives its user"
     assert "--appendonly" in services["redis"]["command"]
     assert services["redis"]["volumes"], "Redis persists to a volume"
+    assert "ports" not in services["redis"], "Redis (no password) must stay off the host"
     assert "replicas" in services["interactive"]["deploy"]
+    assert services["interactive"]["deploy"]["mode"] == "replicated"  # podman-compose
+    # the web service is the one the world reaches: Basic auth and the webhook secret,
+    # required (compose refuses to start without them)
+    # Label Studio creates the model's webhook only for a URL Django's URLValidator takes
+    # (a dot in the host): the demo connects the model by this alias, not `web`
+    [alias] = services["web"]["networks"]["default"]["aliases"]
+    assert "." in alias and alias in COMPOSE.read_text().split("aliases")[0], alias
+    web_env = services["web"]["environment"]
+    assert web_env["BASIC_AUTH_PASS"].startswith("${BASIC_AUTH_PASS:?")
+    assert web_env["WEBHOOK_SECRET"].startswith("${WEBHOOK_SECRET:?")
+    assert web_env["BASIC_AUTH_USER"].startswith("${BASIC_AUTH_USER")
     assert services["trainer"]["build"]["dockerfile"] == "docker/Dockerfile.train"
     for name, svc in services.items():
         assert "healthcheck" in svc and svc["healthcheck"].get("test"), f"{name}: no healthcheck"
@@ -191,6 +265,16 @@ def _dockerfile_cmd(dockerfile: str) -> list[str]:
     steps = dict(instructions(REPO / dockerfile))
     assert json.loads(steps["ENTRYPOINT"]) == ["squeezesam"]
     return json.loads(steps["CMD"])
+
+
+def test_the_serving_image_alone_is_a_complete_backend():
+    # `docker run -p 9090:9090 <image>`: serve (embedded Redis, web, workers) on every
+    # interface of the container, on the port the HEALTHCHECK asks
+    args = build_parser().parse_args(_dockerfile_cmd("docker/Dockerfile"))
+    assert args.func.__name__ == "cmd_serve"
+    assert args.host == "0.0.0.0" and args.port == 9090
+    steps = dict(instructions(DOCKER / "Dockerfile"))
+    assert "127.0.0.1:9090/health" in steps["HEALTHCHECK"] and steps["EXPOSE"] == "9090"
 
 
 def test_every_command_is_a_squeezesam_command(compose):

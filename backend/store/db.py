@@ -8,6 +8,7 @@ read path (reads.py) uses. Mask files are written atomically (`write_png_atomic`
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import uuid
@@ -52,7 +53,15 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
         raise StoreError(f"cannot write mask {path}: {exc.strerror or exc}") from exc
 
 
+POSTGRES_MISSING = (
+    "DATABASE_URL is PostgreSQL but its driver psycopg is not installed: "
+    "pip install 'squeezesam[postgres]'"
+)
+
+
 def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql+psycopg") and importlib.util.find_spec("psycopg") is None:
+        raise StoreError(POSTGRES_MISSING)  # the `postgres` extra (pyproject.toml)
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     engine = sa.create_engine(url, connect_args={"timeout": 10})
@@ -197,11 +206,14 @@ def read_engine(engine: Engine) -> Engine:
     lets readers and the writer run side by side). PostgreSQL reads use the store's engine."""
     if engine.dialect.name != "sqlite":
         return engine
-    cached = _read_engines.get(id(engine))
+    # keyed by the database file, not by id(engine): a disposed engine's id is reused by
+    # the next one, which may be another database (one engine a store opened)
+    key = str(engine.url)
+    cached = _read_engines.get(key)
     if cached is None:
         cached = sa.create_engine(engine.url, connect_args={"timeout": 10})
-        _read_engines[id(engine)] = cached
+        _read_engines[key] = cached
     return cached
 
 
-_read_engines: dict[int, Engine] = {}
+_read_engines: dict[str, Engine] = {}

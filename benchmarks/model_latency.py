@@ -15,8 +15,8 @@ import numpy as np
 
 from squeezesam.models.clicks import first_click
 from squeezesam.models.data import default_data_root, discover_sets, load_set
-from squeezesam.models.evaluate import GrabCutSegmenter
 from squeezesam.models.predictor import WEIGHTS_DIR, Predictor
+from squeezesam.models.segmenters import GrabCutSegmenter
 
 
 def real_images(n: int):

@@ -22,7 +22,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from squeezesam.models.evaluate import main_args
+    from squeezesam.models.evaluate_cli import main_args
 
     main_args(args)
 
@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        metavar="MODEL|grabcut",
-        help="a second model (or grabcut) on the same objects: paired NoC@90 difference",
+        metavar="MODEL|grabcut|zoom-in",
+        help="a second model, grabcut, or this model with --zoom-in, on the same objects: "
+        "paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)

@@ -1,6 +1,7 @@
 """Evaluation: the RITM NoC protocol, zero-click objects, labels, part clicks.
 
 `squeezesam eval --data DIR [--model PATH | --baseline grabcut] [--max-clicks 20] [--json]`
+(the command line: `models/evaluate_cli.py`; the segmenters: `models/segmenters.py`)
 
 Per object of the chosen split (objects under MIN_OBJECT_PIXELS are skipped): the
 clicker (`clicks.Clicker`) places the first click at the object's most interior
@@ -8,113 +9,25 @@ point and each next one at the centre of the largest error; the previous mask is
 fed back. IoU is measured at the set's stored resolution, void pixels ignored.
 NoC@t is the number of clicks to reach IoU t (max_clicks when never reached);
 `noc90_ci95` its 95 % interval over resampled images (`stats.bootstrap_ci`). With
-`--compare MODEL|grabcut` the second segmenter clicks through the same objects and
+`--compare MODEL|grabcut|zoom-in` the second segmenter clicks through the same objects and
 `compare` holds its figures and the paired differences (`stats.paired_difference`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import cv2
 import numpy as np
 
 from squeezesam.models.clicks import Click, Clicker, interior_point, iou
 from squeezesam.models.data import Sample, discover_sets, load_set, salient_objects
-from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor
+from squeezesam.models.segmenters import OnnxSegmenter, Segmenter
 from squeezesam.models.stats import bootstrap_ci, paired_difference
-from squeezesam.models.zoom import ZoomState, predict_zoomed
 
 MIN_OBJECT_PIXELS = 100
-
-
-class Segmenter(Protocol):
-    name: str
-
-    def prepare(self, image: np.ndarray) -> object: ...
-
-    def segment(
-        self, state: object, clicks: list[Click], prev: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, str]:
-        """-> (bool mask at original size, probability for feedback, label)."""
-        ...
-
-
-class OnnxSegmenter:
-    def __init__(
-        self,
-        model_path: Path,
-        threads: int | None = None,
-        saliency_size: int | None = None,
-        feed_previous_mask: bool = True,
-        zoom_in: bool = False,
-    ) -> None:
-        self.predictor = Predictor(model_path, threads=threads or None)
-        self.name = self.predictor.version + ("+zoom" if zoom_in else "")
-        self.saliency_size = saliency_size
-        self.feed_previous_mask = feed_previous_mask
-        self.zoom_in = zoom_in
-
-    def prepare(self, image: np.ndarray) -> ZoomState:
-        return ZoomState(image, self.predictor.prepare(image))
-
-    def segment(self, state: ZoomState, clicks, prev):
-        prev = prev if self.feed_previous_mask else None
-        if self.zoom_in:
-            p = predict_zoomed(self.predictor, state, clicks, prev)
-            return p.mask, p.probability, p.label
-        p = self.predictor.predict(state.full, clicks, prev)
-        h, w = state.full.original_size
-        prob = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
-        return p.mask, prob, p.label
-
-
-class GrabCutSegmenter:
-    """OpenCV GrabCut driven by the same clicks: click disks are hard constraints, a
-    neighbourhood of the positive clicks is 'probably foreground', the rest 'probably
-    background'. Runs at long side 256 for speed (5 iterations)."""
-
-    name = "grabcut"
-    work = 256
-
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
-        scale = self.work / max(image.shape[:2])
-        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(small, cv2.COLOR_RGB2BGR), scale, image.shape[:2]
-
-    def segment(self, state, clicks, prev):
-        bgr, scale, (H, W) = state
-        h, w = bgr.shape[:2]
-        if prev is not None:
-            prev_small = cv2.resize(prev.astype(np.float32), (w, h)) > 0.5
-            mask = np.where(prev_small, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-        else:
-            mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
-            for c in clicks:
-                if c.positive:
-                    cv2.circle(
-                        mask,
-                        (int(c.x * scale), int(c.y * scale)),
-                        int(0.2 * max(h, w)),
-                        cv2.GC_PR_FGD,
-                        -1,
-                    )
-        for c in clicks:
-            value = cv2.GC_FGD if c.positive else cv2.GC_BGD
-            cv2.circle(mask, (int(c.x * scale), int(c.y * scale)), 4, value, -1)
-        bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
-        try:
-            cv2.grabCut(bgr, mask, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
-        except cv2.error:  # degenerate (e.g. no background sample): keep the seeds
-            pass
-        small = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-        full = cv2.resize(small, (W, H), interpolation=cv2.INTER_NEAREST) > 0
-        return full, full.astype(np.float32), "other"
 
 
 @dataclass
@@ -363,62 +276,3 @@ def evaluate(
         )
         out["compare"] = figures
     return out
-
-
-def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
-    """A model under evaluation, with the command line's inference options; a missing file
-    is a CLI error naming its option (`what`)."""
-    if not model.is_file():
-        raise SystemExit(f"squeezesam eval: {what} file {model} not found")
-    return OnnxSegmenter(
-        model,
-        args.threads,
-        args.saliency_size or None,
-        not args.no_previous_mask,
-        zoom_in=args.zoom_in,
-    )
-
-
-def main_args(args) -> None:  # called by the CLI
-    data = Path(args.data)
-    if not data.exists():
-        raise SystemExit(f"squeezesam eval: --data {data} does not exist")
-    seg: Segmenter = (
-        GrabCutSegmenter()
-        if args.baseline == "grabcut"
-        else onnx_segmenter(Path(args.model) if args.model else DEFAULT_MODEL_PATH, args)
-    )
-    compare: Segmenter | None = None
-    if args.compare:
-        compare = (
-            GrabCutSegmenter()
-            if args.compare == "grabcut"
-            else onnx_segmenter(Path(args.compare), args, "--compare model")
-        )
-    folders = discover_sets(data) if args.per_set else [data]
-    if not folders:
-        raise SystemExit(
-            f"squeezesam eval: no image set (images/, masks/, objects.csv) under {data}"
-        )
-    results = {}
-    for folder in folders:
-        try:
-            out = evaluate(
-                seg,
-                folder,
-                args.split,
-                args.max_clicks,
-                args.part_clicks,
-                args.max_images,
-                compare,
-            )
-        except ValueError as exc:
-            raise SystemExit(f"squeezesam eval: {exc}") from exc
-        results[folder.name] = out
-        if not args.json:
-            for k, v in out.items():
-                print(f"{k:>28}: {v}")
-            print()
-    if args.json:
-        # one JSON object on the last line: the figures, or {set name: figures} per set
-        print(json.dumps(results if args.per_set else results[data.name]))

@@ -22,8 +22,9 @@ import torch
 
 from squeezesam.models.augment import ROLLOUT_P, ExampleMaker, Loaded
 from squeezesam.models.data import Sample, discover_sets, load_samples, load_set
-from squeezesam.models.evaluate import OnnxSegmenter, evaluate_samples, object_nocs, summarise
+from squeezesam.models.evaluate import evaluate_samples, object_nocs, summarise
 from squeezesam.models.export import export_checkpoint
+from squeezesam.models.segmenters import OnnxSegmenter
 from squeezesam.models.stats import paired_difference
 from squeezesam.models.train import (
     cosine_lr,

@@ -116,6 +116,26 @@ def test_compare_with_a_missing_model_is_a_cli_error(tiny_set, tmp_path):
     assert r.returncode != 0 and "--compare model file" in r.stderr
 
 
+def test_compare_zoom_in_clicks_the_same_model_zoomed_on_the_same_objects(tiny_set):
+    r = run_eval(
+        "--data", str(tiny_set), "--compare", "zoom-in", "--max-clicks", "4", "--threads", "1",
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    other = out["compare"]
+    assert other["model"] == out["model"] + "+zoom"
+    assert other["objects"] == out["objects"]
+    # the first click is the same whole-image pass with and without zoom-in
+    assert other["miou_1click"] == out["miou_1click"]
+    assert "diff_ci95" in other["noc90_paired"]
+
+
+def test_compare_zoom_in_with_zoom_in_is_a_cli_error(tiny_set):
+    r = run_eval("--data", str(tiny_set), "--zoom-in", "--compare", "zoom-in")
+    assert r.returncode != 0 and "--compare zoom-in" in r.stderr
+
+
 def test_crowd_matching_uses_each_region_once_and_needs_iou_half():
     a = np.zeros((10, 10), bool)
     a[:5] = True

@@ -1,0 +1,74 @@
+"""`squeezesam eval`'s command line: segmenters from the options, one set or every set
+under --data, the figures as text or one JSON object (`models/evaluate.py` computes them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from squeezesam.models.data import discover_sets
+from squeezesam.models.evaluate import evaluate
+from squeezesam.models.predictor import DEFAULT_MODEL_PATH
+from squeezesam.models.segmenters import GrabCutSegmenter, OnnxSegmenter, Segmenter
+
+
+def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
+    """A model under evaluation, with the command line's inference options; a missing file
+    is a CLI error naming its option (`what`)."""
+    if not model.is_file():
+        raise SystemExit(f"squeezesam eval: {what} file {model} not found")
+    return OnnxSegmenter(
+        model,
+        args.threads,
+        args.saliency_size or None,
+        not args.no_previous_mask,
+        zoom_in=args.zoom_in,
+    )
+
+
+def main_args(args) -> None:  # called by the CLI
+    data = Path(args.data)
+    if not data.exists():
+        raise SystemExit(f"squeezesam eval: --data {data} does not exist")
+    seg: Segmenter = (
+        GrabCutSegmenter()
+        if args.baseline == "grabcut"
+        else onnx_segmenter(Path(args.model) if args.model else DEFAULT_MODEL_PATH, args)
+    )
+    compare: Segmenter | None = None
+    if args.compare == "grabcut":
+        compare = GrabCutSegmenter()
+    elif args.compare == "zoom-in":  # the same model, corrective clicks zoomed in
+        if not isinstance(seg, OnnxSegmenter) or args.zoom_in:
+            raise SystemExit("squeezesam eval: --compare zoom-in needs a model without --zoom-in")
+        compare = onnx_segmenter(seg.predictor.model_path, args)
+        compare.zoom_in, compare.name = True, seg.name + "+zoom"
+    elif args.compare:
+        compare = onnx_segmenter(Path(args.compare), args, "--compare model")
+    folders = discover_sets(data) if args.per_set else [data]
+    if not folders:
+        raise SystemExit(
+            f"squeezesam eval: no image set (images/, masks/, objects.csv) under {data}"
+        )
+    results = {}
+    for folder in folders:
+        try:
+            out = evaluate(
+                seg,
+                folder,
+                args.split,
+                args.max_clicks,
+                args.part_clicks,
+                args.max_images,
+                compare,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"squeezesam eval: {exc}") from exc
+        results[folder.name] = out
+        if not args.json:
+            for k, v in out.items():
+                print(f"{k:>28}: {v}")
+            print()
+    if args.json:
+        # one JSON object on the last line: the figures, or {set name: figures} per set
+        print(json.dumps(results if args.per_set else results[data.name]))

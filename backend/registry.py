@@ -307,6 +307,12 @@ def _cli_fail(exc: Exception) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     registry = _cli_registry()
     versions = registry.list()
+    if registry.active() is None:  # the shipped model is served: name it like the others
+        try:
+            shipped = model_version_of(registry.default_model)
+        except Exception as exc:  # a missing or unreadable model file: say so, not a trace
+            shipped = f"(unreadable: {type(exc).__name__})"
+        print(f"* {shipped}  shipped  {registry.default_model}")
     if not versions:
         print(f"no registered versions in {registry.root}; serving {registry.active_path()}")
     for m in versions:

@@ -24,6 +24,7 @@ from squeezesam.backend.webserver import web_server
 log = logging.getLogger("squeezesam.serve")
 
 RESTART_DELAY = 1.0  # seconds before restarting a dead child (no busy crash loop)
+EXIT_PORT_BUSY = 3  # `web` could not bind its port: `serve` stops instead of restarting it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,6 +139,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = service_setup("web")
     warn_if_open(args.host, settings)
+    check_port_free(args.host, args.port, "web")
     server = web_server(
         create_app(settings),
         args.host,
@@ -145,6 +147,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         settings.web_threads,
         connection_limit=settings.web_connection_limit,
         read_timeout=settings.web_request_read_timeout,
+        max_request_bytes=settings.max_request_bytes,
     )
     # SIGTERM (serve's supervisor, docker stop) ends waitress's loop like Ctrl-C, so the
     # process exits normally and the recorder writes its pending click records (atexit)
@@ -168,9 +171,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_port_free(host: str, port: int, command: str) -> None:
+    """A port something else listens on: one line naming it and exit EXIT_PORT_BUSY,
+    before anything starts (`serve` would otherwise restart its web process forever while
+    the other process answers). Bound the way waitress binds (SO_REUSEADDR), then freed."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        print(f"squeezesam {command}: port {port} on {host} is not free ({exc.strerror or exc}); "
+              "stop what listens there or choose another --port", file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_PORT_BUSY) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = service_setup("serve")
     warn_if_open(args.host, settings)
+    check_port_free(args.host, args.port, "serve")
     if not settings.model_file.is_file():
         raise SystemExit(f"model file not found: {settings.model_file} (SQUEEZESAM_MODEL_PATH)")
     if not settings.label_studio_url:
@@ -198,12 +223,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     commands += [me + ["train-scheduler"]]  # TRAIN_MIN_NEW_LABELS every TRAIN_INTERVAL s
     supervisor = Supervisor(commands, env)
     try:
-        supervisor.run()
+        code = supervisor.run()
     finally:
         supervisor.stop()
         if embedded is not None:
             embedded.close()
-    return 0
+    return code
 
 
 class Supervisor:
@@ -219,7 +244,7 @@ class Supervisor:
         self.children[i] = subprocess.Popen(self.commands[i], env=self.env)
         log.info("started %s (pid %d)", " ".join(self.commands[i][3:]), self.children[i].pid)
 
-    def run(self) -> None:
+    def run(self) -> int:
         def stop(signum, _frame):
             self.stopping = True
 
@@ -231,9 +256,12 @@ class Supervisor:
             time.sleep(0.2)
             for i, child in enumerate(self.children):
                 if child is not None and child.poll() is not None and not self.stopping:
+                    if child.returncode == EXIT_PORT_BUSY:  # taken since serve checked it
+                        return EXIT_PORT_BUSY
                     log.warning("%s exited with %s: restarting", child.args[3], child.returncode)
                     time.sleep(RESTART_DELAY)
                     self._start(i)
+        return 0
 
     def stop(self) -> None:
         self.stopping = True

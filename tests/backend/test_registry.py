@@ -141,3 +141,23 @@ def test_models_cli_lists_promotes_and_rolls_back(tmp_path, model_path, monkeypa
     assert run_cli("models", "rollback") == 0
     assert "the shipped model" in capsys.readouterr().out
     assert Registry(tmp_path / "registry").active() is None
+
+
+def test_models_list_on_a_fresh_install_names_the_shipped_version(
+    tmp_path, model_path, monkeypatch, capsys
+):
+    """No version registered: the list still says which version is served (the shipped
+    model's, marked active), not only "no registered versions"."""
+    monkeypatch.setenv("SQUEEZESAM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SQUEEZESAM_MODEL_PATH", str(model_path))
+    assert run_cli("models", "list") == 0
+    out = capsys.readouterr().out.splitlines()
+    shipped = registry_module.model_version_of(model_path)
+    assert out[0] == f"* {shipped}  shipped  {model_path}"
+    assert "no fine-tuned versions" in out[1]
+    # a registered but inactive version: the shipped one stays the one marked active
+    assert run_cli("models", "register", str(model_path), "v1") == 0
+    capsys.readouterr()
+    assert run_cli("models", "list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"* {shipped}") and lines[1].startswith("  v1")

@@ -314,7 +314,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             shipped = f"(unreadable: {type(exc).__name__})"
         print(f"* {shipped}  shipped  {registry.default_model}")
     if not versions:
-        print(f"no registered versions in {registry.root}; serving {registry.active_path()}")
+        print(f"(no fine-tuned versions registered in {registry.root})")
     for m in versions:
         metrics = json.dumps(m.card.get("metrics", {}), sort_keys=True)
         print(f"{'*' if m.active else ' '} {m.version}  {m.card.get('created', '')}  {metrics}")

@@ -71,6 +71,12 @@ PREANNOTATION_LATENCY = Histogram(
     registry=LATENCY_REGISTRY,
 )
 OUTCOMES = ("ok", "bad_request", "unavailable", "timeout", "error")
+for _outcome in OUTCOMES:  # every series exists (at 0) before its first event
+    CLICK_LATENCY.labels(_outcome)
+    PREANNOTATION_LATENCY.labels(_outcome)
+# (status, decision) of a fine-tuning run, each reported per project even at 0
+RUN_OUTCOMES = (("running", ""), ("finished", "promoted"), ("finished", "rejected"),
+                ("finished", "none"), ("failed", "none"))  # fmt: skip
 
 
 def outcome_of(status: int | str) -> str:
@@ -185,16 +191,17 @@ class StateCollector:
             counts = label_counts(conn)
             run_counts = training_run_counts(conn)
             starts = last_run_starts(conn)
-        for p, c in counts.items():  # zero counts are groups the tables do not have
+        for p, c in counts.items():  # every known project and state, zeros included
             for state, n in c["annotations"].items():
-                if n:
-                    labels.add_metric([p, state], n)
-            if sum(c["objects"].values()):
-                objs.add_metric([p], sum(c["objects"].values()))
-            if c["clicks"]:
-                n_clicks.add_metric([p], c["clicks"])
-        for p, status, decision, n in run_counts:
-            runs.add_metric([_project(p), status, decision], n)
+                labels.add_metric([p, state], n)
+            objs.add_metric([p], sum(c["objects"].values()))
+            n_clicks.add_metric([p], c["clicks"])
+        by_run = {(_project(p), status, decision): n for p, status, decision, n in run_counts}
+        for project in sorted(set(counts) | {key[0] for key in by_run}):
+            for status, decision in RUN_OUTCOMES:
+                by_run.setdefault((project, status, decision), 0)
+        for (project, status, decision), n in sorted(by_run.items()):
+            runs.add_metric([project, status, decision], n)
         for p, started in starts:
             last.add_metric([_project(p)], _unix(started))
         yield from (labels, objs, n_clicks, runs, last)

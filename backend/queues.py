@@ -27,8 +27,7 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job
-from rq.job_lifecycle import record_job_failure
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def requeue_abandoned(connection: redis.Redis, job: Job) -> None:
             job.retry(queue(connection, job.origin), pipe)
         else:
             log.error("worker %s died during job %s: no retries left", job.worker_name, job.id)
-            record_job_failure(job, "the worker died (no retries left)", pipe)
+            _record_failure(job, "the worker died (no retries left)", pipe)
         pipe.execute()
 
 
@@ -101,6 +100,14 @@ def alive_key(queue_name: str) -> str:
 
 def beat(connection: redis.Redis, worker_name: str, queue_names: Iterable[str]) -> None:
     """One liveness beat of a worker on its queues."""
+def _record_failure(job: Job, reason: str, pipe: redis.client.Pipeline) -> None:
+    """The job FAILED, in the failed registry with `reason` as its failure result: what
+    rq 3's `job_lifecycle.record_job_failure` does, spelled so rq 2.x runs it too (the
+    floor in pyproject.toml is tested by .ci/lowest_deps.sh)."""
+    job.set_status(JobStatus.FAILED, pipeline=pipe)
+    job._handle_failure(reason, pipe)
+
+
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for name in queue_names:

@@ -138,3 +138,25 @@ def test_metrics_and_dashboard_sit_behind_the_apps_basic_auth(tmp_path):
                  "/dashboard/static/dashboard.js"):  # fmt: skip
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers=good).status_code == 200, path
+
+
+def test_labelled_series_exist_at_zero_before_their_first_event(tmp_path):
+    """Prometheus series with labels are there from the first scrape: every outcome of the
+    latency histograms, and per known project every label state and run outcome (a rate()
+    or an alert on them works before the first timeout or the first rejected run)."""
+    store = Store(tmp_path)
+    when = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    store.save_annotation(AnnotationRecord(1, 9, 101, None, when))
+    text = app_with(store, None).test_client().get("/metrics").get_data(as_text=True)
+    for name in ("squeezesam_click_latency_seconds_count",
+                 "squeezesam_preannotation_latency_seconds_count"):  # fmt: skip
+        for outcome in metrics.OUTCOMES:
+            assert value(text, name, outcome=outcome) is not None, (name, outcome)
+    assert value(text, "squeezesam_labels", project="9", state="kept") == 1
+    assert value(text, "squeezesam_labels", project="9", state="deleted") == 0
+    assert value(text, "squeezesam_labels", project="9", state="cancelled") == 0
+    assert value(text, "squeezesam_objects", project="9") == 0
+    assert value(text, "squeezesam_clicks", project="9") == 0
+    for status, decision in metrics.RUN_OUTCOMES:
+        assert value(text, "squeezesam_training_runs", project="9", status=status,
+                     decision=decision) == 0  # fmt: skip

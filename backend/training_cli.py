@@ -18,8 +18,11 @@ from rq.job import JobStatus
 from squeezesam.backend.queues import TRAIN, alive_workers
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.training import enqueue_training, scheduler_loop
+from squeezesam.backend.training_progress import ProgressBar, progress_of
 
 log = logging.getLogger(__name__)
+
+WAIT_POLL = 1.0  # seconds between `train --wait`'s looks at the run's progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,10 +58,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "`squeezesam worker --queues train`")  # fmt: skip
     if not args.wait:
         return 0
-    while (status := job.get_status(refresh=True)) not in (
-        JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
-    ):  # fmt: skip
-        time.sleep(2)
+    bar = ProgressBar()  # stderr: a bar on a terminal, plain lines otherwise
+    try:
+        while (status := job.get_status(refresh=True)) not in (
+            JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
+        ):  # fmt: skip
+            bar.update(progress_of(job))
+            time.sleep(WAIT_POLL)
+    finally:
+        bar.close()
     if status != JobStatus.FINISHED:
         print(f"the run {status}: {job.latest_result().exc_string if job.latest_result() else ''}")
         return 1

@@ -49,6 +49,7 @@ from squeezesam.backend.store.runs import (
     record_training_run,
     update_training_run,
 )
+from squeezesam.backend.training_progress import ProgressWriter
 
 log = logging.getLogger(__name__)
 
@@ -152,56 +153,116 @@ def train_project(settings: Settings, store: Store, request: TrainRequest) -> di
         return {"run": run_id, "status": status, "decision": decision, "reason": reason,
                 "duration_s": duration, **values}  # fmt: skip
 
+    from rq import get_current_job
+
+    progress = ProgressWriter(get_current_job(), run_id, request.steps or settings.train_steps)
     try:
+        progress.phase("reconcile")
         reconciled = _reconcile(settings, store, request.project_id)
         scope = f"p{request.project_id}" if request.project_id is not None else "all"
         workdir = settings.data_path / "training" / scope
         dataset = workdir / "dataset"
-        exported = export_labels.export_folder(store, dataset, _image_loader(settings),
-                                               request.project_id)  # fmt: skip
-        return _train_and_gate(settings, registry, request, run_id, workdir, dataset,
-                               exported, reconciled, current_version, finish)  # fmt: skip
+        progress.phase("export")
+        export_labels.export_folder(store, dataset, _image_loader(settings),
+                                    request.project_id)  # fmt: skip
+        run = RunContext(request, run_id, workdir, dataset, reconciled, current_version,
+                         progress, _label_times(store, request.project_id))  # fmt: skip
+        return _train_and_gate(settings, registry, run, finish)
     except Exception as exc:
         log.exception("training run %d failed", run_id)
         finish("failed", "none", f"{type(exc).__name__}: {exc}")
         raise
 
 
-def _train_and_gate(
-    settings: Settings, registry: Registry, request: TrainRequest, run_id: int, workdir: Path,
-    dataset: Path, exported: dict[str, Any], reconciled: str, current_version: str, finish,
-) -> dict[str, Any]:  # fmt: skip
-    # torch and the training code: only here, inside the train worker's job
-    from squeezesam.models.data import default_data_root, discover_sets, load_samples
-    from squeezesam.models.finetune import finetune, gate, guard_samples
+@dataclass(frozen=True)
+class RunContext:
+    """What `_train_and_gate` needs of the run `train_project` opened."""
 
-    train = load_samples(dataset, "train")
-    heldout = load_samples(dataset, "val")
+    request: TrainRequest
+    run_id: int
+    workdir: Path
+    dataset: Path
+    reconciled: str
+    current_version: str
+    progress: ProgressWriter
+    label_times: dict[str, dt.datetime]  # image id -> when its label was made
+
+
+def _label_times(store: Store, project_id: int | None) -> dict[str, dt.datetime]:
+    return {export_labels.image_id(a): a.created_at or a.updated_at
+            for a in export_labels.select(store, project_id)}  # fmt: skip
+
+
+def base_data_root(settings: Settings) -> Path:
+    """TRAIN_BASE_DATA, else SQUEEZESAM_SHARED_DATA, else ../shared/data."""
+    from squeezesam.models.data import default_data_root
+
+    return Path(settings.train_base_data).expanduser() if settings.train_base_data \
+        else default_data_root()  # fmt: skip
+
+
+def guard_set(settings: Settings, base: Path | None, heldout: list, label_times: dict,
+              ) -> tuple[list, str]:  # fmt: skip
+    """(guard samples, which guard): the base data's guard set when base data is there;
+    without it, the earliest-labelled half of the project's own held-out images (the
+    candidate must not lose what the project's earlier labels showed); never silently
+    none. The text goes to the run's record, its card and the dashboard."""
+    from squeezesam.models.finetune import guard_samples
+
+    if settings.train_guard_per_set <= 0:
+        return [], "none (TRAIN_GUARD_PER_SET=0)"
+    if base is not None:
+        samples = guard_samples(base, settings.train_guard_per_set)
+        return samples, f"base data {base} ({len(samples)} images)"
+    oldest = sorted(heldout, key=lambda s: (label_times.get(s.image_id) or dt.datetime.max,
+                                            s.image_id))  # fmt: skip
+    samples = oldest[: max(1, len(oldest) // 2)]
+    return samples, (f"project's earlier held-out labels ({len(samples)} of {len(heldout)} "
+                     "held-out images; no base data: set TRAIN_BASE_DATA)")  # fmt: skip
+
+
+def _train_and_gate(settings: Settings, registry: Registry, run: RunContext, finish,
+                    ) -> dict[str, Any]:  # fmt: skip
+    # torch and the training code: only here, inside the train worker's job
+    from squeezesam.models.data import discover_sets, load_samples
+    from squeezesam.models.finetune import finetune, gate
+
+    request, run_id, workdir, current_version = (run.request, run.run_id, run.workdir,
+                                                 run.current_version)  # fmt: skip
+    train = load_samples(run.dataset, "train")
+    heldout = load_samples(run.dataset, "val")
     data_size = len(train) + len(heldout)
     if not train or not heldout:
         return finish("finished", "none", f"not enough labels: {len(train)} train and "
-                      f"{len(heldout)} held-out images (reconcile {reconciled})",
+                      f"{len(heldout)} held-out images (reconcile {run.reconciled})",
                       data_size=data_size)  # fmt: skip
     checkpoint = registry.checkpoint_path()
     if checkpoint is None:
         return finish("failed", "none", f"the active version {current_version} has no fp16 "
                       "checkpoint to fine-tune from", data_size=data_size)  # fmt: skip
-    base = default_data_root()
+    base = base_data_root(settings)
     has_base = bool(discover_sets(base)) if base.is_dir() else False
     if not has_base:
-        log.warning("no base data under %s: fine-tuning without replay or guard set", base)
+        log.warning(
+            "no base data under %s (TRAIN_BASE_DATA): fine-tuning without replay; "
+            "the guard set comes from the project's earlier held-out labels",
+            base,
+        )
     version = f"squeezesam-{'all' if request.project_id is None else f'p{request.project_id}'}" \
               f"-r{run_id}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}"  # fmt: skip
     # half the cores: the interactive workers keep answering clicks during a run
     threads = max(1, (os.cpu_count() or 2) // 2)
+    run.progress.phase("finetune")
     result = finetune(
-        dataset, checkpoint, workdir / f"run{run_id}",
+        run.dataset, checkpoint, workdir / f"run{run_id}",
         steps=request.steps or settings.train_steps, batch=settings.train_batch,
         size=settings.train_size, replay_data=base if has_base else None,
         replay_fraction=settings.train_replay_fraction, threads=threads, version=version,
+        on_step=run.progress.on_step,
     )  # fmt: skip
-    guard = (guard_samples(base, settings.train_guard_per_set)
-             if has_base and settings.train_guard_per_set > 0 else [])  # fmt: skip
+    guard, guard_text = guard_set(settings, base if has_base else None, heldout,
+                                  run.label_times)  # fmt: skip
+    run.progress.phase("gate")
     current_path = registry.active_path()
     decision = gate(result.int8, current_path, heldout, guard, settings.train_gate_clicks,
                     settings.train_guard_tolerance)  # fmt: skip
@@ -211,12 +272,15 @@ def _train_and_gate(
         "heldout_images": len(heldout), "parent_version": current_version,
         "project": request.project_id, "steps": result.steps, "run": run_id,
         "decision": "promoted" if decision.promote else "rejected", "reason": decision.reason,
+        "guard": guard_text,
     }  # fmt: skip
+    run.progress.phase("register")
     registry.register(result.int8, result.version, card, checkpoint=result.checkpoint)
     if decision.promote:
         registry.promote(result.version)
     return finish("finished", card["decision"], decision.reason, data_size=data_size,
-                  candidate_version=result.version, metrics=metrics)  # fmt: skip
+                  candidate_version=result.version, metrics=metrics,
+                  guard=guard_text)  # fmt: skip
 
 
 def _now() -> dt.datetime:

@@ -25,10 +25,12 @@ import redis
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from sqlalchemy.engine import Engine
 
+from squeezesam.backend.annotators import AnnotatorNames
 from squeezesam.backend.dashboard import figures
 from squeezesam.backend.progress import read_progress
 from squeezesam.backend.store.reads import reading
 
+from squeezesam.backend.training_progress import describe, running_progress
 log = logging.getLogger(__name__)
 
 EXTENSION = "squeezesam.dashboard"
@@ -52,6 +54,7 @@ class Sources:
         self._redis = redis_client
         self._lock = threading.Lock()
 
+        self.annotator_names = AnnotatorNames(settings)  # cached per app (annotators.py)
     @property
     def engine(self) -> Engine:
         with self._lock:
@@ -141,9 +144,37 @@ def table_csv(name: str) -> Response:
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    _add_run_progress(data["training_runs"])
+    _add_annotator_names(data)
         writer.writeheader()
         for row in rows:  # nested values (training metrics) as JSON text in one cell
             writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
+def _add_run_progress(runs: list[dict[str, Any]]) -> None:
+    """`progress` of each run: step, loss and ETA for a running one (its rq job's meta,
+    training_progress.py), else empty."""
+    running: dict[int, dict[str, Any]] = {}
+    if any(r["status"] == "running" for r in runs):
+        try:
+            conn = _sources().redis()
+            running = running_progress(conn) if conn is not None else {}
+        except (redis.RedisError, RuntimeError, OSError) as exc:
+            log.warning("dashboard: reading fine-tuning progress failed: %s", exc)
+    for run in runs:
+        progress = running.get(run["id"]) if run["status"] == "running" else None
+        run["progress"] = describe(progress) if progress else ""
+
+
+def _add_annotator_names(data: dict[str, Any]) -> None:
+    """Each annotator row's `name`: email or username from Label Studio's users API
+    (cached: annotators.py), else `user <id>` (Label Studio unreachable, user deleted)."""
+    names = _sources().annotator_names
+    known = names.names() if data["annotators"] else {}
+    for row in data["annotators"]:
+        who = row["annotator"]
+        row["name"] = known.get(who) or f"user {who}" if isinstance(who, int) else str(who)
+    data["annotator_names_error"] = names.error if data["annotators"] else ""
+
+
                              for k, v in row.items()})  # fmt: skip
     project = data["project"] if data["project"] is not None else "all"
     filename = f"squeezesam_{name}_project{project}_{data['from'][:10]}_{data['to'][:10]}.csv"

@@ -18,9 +18,11 @@ Definitions (the dashboard's help text says the same):
   other objects Label Studio's `origin` decides (`prediction` unchanged,
   `prediction-changed` changed);
 - start IoU: IoU between the pre-annotation the annotator started from and the final
-  mask (`objects.start_iou`, measured by the store), or 1 for an object whose origin is
-  `prediction` and which matched no served region; the table says for how many objects
-  the IoU is known;
+  mask (`objects.start_iou`, measured by the store), over the *matched* objects only
+  (their region id is one the store served). Objects from predictions that matched no
+  served region have no IoU and are left out (counting them as 1 when "unchanged" read
+  1.0 by construction); `start_iou_share` is the share of objects from predictions the
+  figure covers (matched / from_prediction), shown beside it;
 - model version of an annotation: the version of its parent prediction, else the
   version that answered the clicks on its task, else "(none)".
 """
@@ -139,6 +141,7 @@ def per_version(r: Rows) -> list[dict[str, Any]]:
     for version in set(r.version.tolist()):
         sel = r.version == version
         fig = _group_figures(r, sel)
+        "start_iou_share": _ratio(iou_n, unchanged + changed),
         fig["model_version"] = version
         fig["first_seen"] = _iso(float(r.t[sel].min()))
         fig["last_seen"] = _iso(float(r.t[sel].max()))

@@ -46,8 +46,8 @@ class Rows:
     n_objects: np.ndarray  # int64
     n_unchanged: np.ndarray  # objects with origin 'prediction'
     n_changed: np.ndarray  # origin 'prediction-changed', changed or deleted served objects
-    iou_sum: np.ndarray  # sum of measured start IoUs (unchanged objects count 1)
-    iou_n: np.ndarray  # objects with a measured start IoU
+    iou_sum: np.ndarray  # sum of the start IoUs of matched objects (served regions)
+    iou_n: np.ndarray  # matched objects (with a measured start IoU)
     task_clicks: np.ndarray  # clicks on the annotation's task
 
     def __len__(self) -> int:
@@ -121,9 +121,11 @@ def load_rows(conn: Connection, period: Span) -> Rows:
         changed = sa.func.sum(sa.case(
             (served, sa.case((same, 0), else_=1)),
             (sa.and_(by_origin, o.origin == "prediction-changed"), 1), else_=0))  # fmt: skip
-        iou = sa.case((served, start_iou), (sa.and_(by_origin, o.origin == "prediction"), 1.0))
+        # start IoU over matched objects only (a served region, measured by the store): an
+        # object matched to nothing has no IoU, however Label Studio's origin reads
+        iou = sa.case((served, start_iou))
         iou_cols = [sa.func.sum(iou).label("iou_sum"), sa.func.count(iou).label("iou_n")]
-    else:  # only unchanged objects have a known IoU (1.0): derived below, not fetched
+    else:  # nothing was matched to what was served: no IoU known (zeros below)
         unchanged = sa.func.sum(sa.case((o.origin == "prediction", 1), else_=0))
         changed = sa.func.sum(sa.case((o.origin == "prediction-changed", 1), else_=0))
         iou_cols = []
@@ -171,7 +173,7 @@ def load_rows(conn: Connection, period: Span) -> Rows:
         version=version, task=task, n_objects=count(5, np.int64), n_unchanged=n_unchanged,
         # served pre-annotation objects the annotator deleted count as changed
         n_changed=count(7, np.int64) + (count(10, np.int64) if with_iou else 0),
-        iou_sum=count(8) if with_iou else n_unchanged.astype(np.float64),
-        iou_n=count(9, np.int64) if with_iou else n_unchanged,
+        iou_sum=count(8) if with_iou else np.zeros(len(task)),
+        iou_n=count(9, np.int64) if with_iou else np.zeros(len(task), np.int64),
         task_clicks=_lookup(task, click_tasks, np.array(clk[1], dtype=np.int64), 0),
     )  # fmt: skip

@@ -151,6 +151,7 @@ training_runs = Table(
     Column("metrics_json", Text, nullable=True),  # {"candidate": {...}, "current": {...}}
     Column("decision", String(32), nullable=True),  # promoted | rejected | none
     Column("reason", Text, nullable=True),
+    Column("guard", Text, nullable=True),  # which guard set the gate used (training_job.py)
 )
 Index("ix_training_runs_project", training_runs.c.project, training_runs.c.started_at)
 
@@ -162,6 +163,7 @@ ADDED_COLUMNS = (
     (objects, "start_model_version"),
     (objects, "start_kind"),
     (objects, "start_label"),
+    (training_runs, "guard"),
 )
 
 

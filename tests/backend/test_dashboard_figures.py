@@ -118,8 +118,9 @@ def test_summary(store):
     assert s["clicks_per_object"] == round(5 / 7, 2)
     # from prediction: A1 (1 kept, 1 changed) + A3 (2 kept) -> 3 of 4 unchanged
     assert s["from_prediction"] == 4 and s["accepted_unchanged"] == 0.75
-    # no start_iou column: only unchanged objects are measured, IoU 1 each
-    assert s["start_iou"] == 1.0 and s["start_iou_measured"] == 3
+    # nothing matched a served region: no IoU, never 1.0 by construction
+    assert s["start_iou"] is None and s["start_iou_measured"] == 0
+    assert s["start_iou_share"] == 0.0
 
 
 def test_per_annotator(store):
@@ -143,11 +144,11 @@ def test_per_model_version(store):
     assert (v1["median_lead_time_s"], v1["objects_per_hour"], v1["clicks_per_object"]) == (
         25.0, 216.0, 1.0)  # fmt: skip
     assert (v1["accepted_unchanged"], v1["start_iou"], v1["first_seen"]) == (
-        0.5, 1.0, "2026-03-01 09:15")  # fmt: skip
+        0.5, None, "2026-03-01 09:15")  # fmt: skip
     # v2: A2 (by its clicks) + A3; 4 objects in 50 s; 2 clicks
     assert (v2["annotations"], v2["objects"], v2["clicks_per_object"]) == (2, 4, 0.5)
     assert (v2["objects_per_hour"], v2["accepted_unchanged"], v2["start_iou_measured"]) == (
-        288.0, 1.0, 2)  # fmt: skip
+        288.0, 1.0, 0)  # fmt: skip
     # (none): A4 only, nothing measurable
     assert (none["annotations"], none["objects"], none["median_lead_time_s"]) == (1, 0, None)
     assert none["clicks_per_object"] is None and none["accepted_unchanged"] is None
@@ -167,16 +168,19 @@ def test_per_day_and_per_hour(store):
                      "2026-03-02 14:00": (1, 3), "2026-03-02 15:00": (1, 0)}  # fmt: skip
 
 
-def test_start_iou_column_when_the_store_records_it(store):
-    # `objects.start_iou` measured against a served pre-annotation: A1's changed object
-    # started from a 0.6 IoU mask; the unchanged ones have no served region (origin: 1.0)
+def test_iou_prediction_to_final_covers_matched_objects_only_and_says_how_many(store):
+    """`objects.start_iou` measured against a served pre-annotation: A1's changed object
+    started from a 0.6 IoU mask. The three objects Label Studio calls `prediction` matched
+    no served region: they have no IoU (they used to count 1 each, so the figure read
+    ~1.0 by construction), and the share beside the figure says it covers 1 of 4."""
     with store.engine.begin() as conn:
         conn.exec_driver_sql(
             "UPDATE objects SET start_iou = 0.6, start_kind = 'preannotation', "
             "start_label = label WHERE origin = 'prediction-changed'"
         )
     s = figures.compute(store.engine, PERIOD)["summary"]
-    assert s["start_iou_measured"] == 4 and s["start_iou"] == round((3 + 0.6) / 4, 3)
+    assert s["start_iou_measured"] == 1 and s["start_iou"] == 0.6
+    assert s["from_prediction"] == 4 and s["start_iou_share"] == 0.25
     assert s["accepted_unchanged"] == round(3 / 4, 3)
 
 
@@ -227,6 +231,7 @@ def test_acceptance_from_served_regions_split_by_version(tmp_path):
     assert by_version["v1"]["accepted_unchanged"] == round(1 / 3, 3)
     assert by_version["v1"]["start_iou"] == round((1 + 0.5) / 2, 3)
     assert by_version["v1"]["start_iou_measured"] == 2
+    assert by_version["v1"]["start_iou_share"] == round(2 / 3, 3)  # the deleted one: no IoU
     assert by_version["v2"]["accepted_unchanged"] == 0.0
     assert by_version["v2"]["start_iou"] == 1.0 and by_version["v2"]["start_iou_measured"] == 1
     assert out["summary"]["from_prediction"] == 4
@@ -267,8 +272,9 @@ def test_csv_and_json_endpoints(store):
     body = client.get("/dashboard/annotators.csv" + q)
     assert body.status_code == 200 and body.mimetype == "text/csv"
     lines = body.get_data(as_text=True).splitlines()
-    assert lines[0] == "annotator,annotations,objects,median_lead_time_s,objects_per_hour"
-    assert lines[1:] == ["2,3,4,30.0,240.0", "1,2,3,20.0,270.0"]
+    # no Label Studio configured here: the names are the ids (annotators.py)
+    assert lines[0] == "annotator,annotations,objects,median_lead_time_s,objects_per_hour,name"
+    assert lines[1:] == ["2,3,4,30.0,240.0,user 2", "1,2,3,20.0,270.0,user 1"]
     assert client.get("/dashboard/data.json" + q).get_json()["summary"]["objects"] == 7
     assert client.get("/dashboard/nope.csv" + q).status_code == 404
     assert client.get("/dashboard/data.json?from=garbage").status_code == 400

@@ -13,6 +13,8 @@ import copy
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -355,6 +357,7 @@ def test_a_train_worker_killed_mid_run_loses_nothing(service):
         assert time.monotonic() < deadline, "the run did not start"
         time.sleep(0.3)
     time.sleep(2)  # inside finetune()
+    run_row = _dashboard_shows_progress(service)  # the running run, watched before the kill
     pool.procs[0].send_signal(signal.SIGKILL)
     pool.procs[0].wait()
     assert 0 < service.redis.ttl(LOCK_KEY) <= 6  # expires: no stuck lock
@@ -373,6 +376,25 @@ def test_a_train_worker_killed_mid_run_loses_nothing(service):
     assert summary["status"] == "finished"
     interrupted = [r for r in service.runs() if r["reason"] and "interrupted" in r["reason"]]
     assert interrupted and interrupted[0]["status"] == "failed"
+    assert run_row["id"] in {r["id"] for r in interrupted}
+
+
+def _dashboard_shows_progress(service: Service) -> dict:
+    """The dashboard's row of the running run carries its step, loss and ETA (from the
+    rq job's meta the run writes); returns that row."""
+    deadline = time.monotonic() + 60
+    while True:
+        data = service.client.get(f"/dashboard/data.json?project={PROJECT}").json
+        running = [r for r in data["training_runs"] if r["status"] == "running"]
+        if running and "fine-tuning step" in running[0]["progress"]:
+            break
+        assert time.monotonic() < deadline, f"no progress on the dashboard: {running}"
+        time.sleep(0.5)
+    text = running[0]["progress"]
+    assert "/100000" in text and "loss" in text and "ETA" in text, text
+    page = service.client.get(f"/dashboard/?project={PROJECT}").get_data(as_text=True)
+    assert "fine-tuning step" in page
+    return running[0]
 
 
 def test_new_labels_since_last_run_drive_the_scheduler(service):
@@ -401,3 +423,51 @@ def test_new_labels_since_last_run_drive_the_scheduler(service):
     Job.fetch(queued[0], connection=service.redis).cancel()
     with sa.create_engine(f"sqlite:///{service.settings.data_path / 'labels.db'}").connect() as c:
         assert c.execute(sa.text("select count(*) from annotations")).scalar() >= N_LABELS
+
+
+def test_train_wait_shows_the_runs_progress_from_a_real_worker(service):
+    """`squeezesam train --wait` on a real train worker: progress lines (stderr is not a
+    terminal here: plain lines, no bar) with the step, the loss and the ETA, then the
+    run's summary; the run used the base data's guard set and says so."""
+    pool = service.train_worker()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "squeezesam.backend.cli", "train", "--project",
+             str(PROJECT), "--steps", "24", "--wait"],
+            env=pool.env, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+    finally:
+        pool.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("run ")]
+    steps = [line for line in lines if "fine-tuning step" in line]
+    assert steps, done.stderr[-3000:]
+    assert all("/24 (" in line and "loss" in line and "ETA" in line for line in steps), steps
+    assert any("evaluating the candidate" in line for line in lines), lines
+    assert "\r" not in done.stderr  # no carriage-return bar in a log
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["guard"].startswith("base data"), summary
+    [run] = [r for r in service.runs() if r["id"] == summary["run"]]
+    assert run["guard"] == summary["guard"]
+
+
+def test_without_base_data_the_guard_is_the_projects_earlier_heldout_labels(service, tmp_path):
+    """No base data mounted (TRAIN_BASE_DATA an empty folder, as a container without the
+    volume): the gate still has a guard set, the earliest-labelled half of the project's
+    own held-out images, and the run's record, its card and the dashboard say so."""
+    empty = tmp_path / "no-base-data"
+    empty.mkdir()
+    pool = service.train_worker(train_base_data=str(empty))
+    try:
+        job = enqueue_training(service.redis, PROJECT, trigger="manual")
+        summary = wait_job(service, job.id)
+    finally:
+        pool.stop()
+    assert summary["decision"] in ("promoted", "rejected"), summary
+    assert summary["guard"].startswith("project's earlier held-out labels (1 of 2"), summary
+    [run] = [r for r in service.runs() if r["id"] == summary["run"]]
+    assert run["guard"] == summary["guard"]
+    assert "guard" in run["metrics"]["candidate"] and "guard" in run["metrics"]["current"]
+    assert service.registry().card(summary["candidate_version"])["guard"] == summary["guard"]
+    page = service.client.get(f"/dashboard/?project={PROJECT}").get_data(as_text=True)
+    assert "earlier held-out labels" in page

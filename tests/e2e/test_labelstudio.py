@@ -310,6 +310,22 @@ def test_the_annotation_lands_in_the_label_store(project):
     assert p["objects"].get(project.images[0]["label"], 0) >= 1, p
 
 
+def test_the_dashboard_names_the_annotator_from_label_studios_users_api(project):
+    """The real server is the proof: the annotation's author, stored by id from the
+    webhook, is named on the dashboard by the email Label Studio 1.23's `/api/users/`
+    gives that id (the annotation above was made with the admin's token)."""
+    import requests
+
+    users = {u["id"]: u for u in project.ls.api("GET", "/api/users/")}
+    author = project.annotation["completed_by"]
+    assert users[author]["email"] == LS_USER
+    url = f"{project.backend.direct_url}/dashboard/data.json?project={project.id}"
+    rows = requests.get(url, timeout=30).json()["annotators"]
+    assert {r["annotator"]: r["name"] for r in rows}[author] == LS_USER, rows
+    page = requests.get(f"{project.backend.direct_url}/dashboard/?project={project.id}", timeout=30)
+    assert f"<td>{LS_USER}</td><td>{author}</td>" in page.text
+
+
 def test_start_training_reaches_our_webhook(project):
     before = len(project.backend.proxy.seen("/webhook", action="START_TRAINING"))
     project.ls.api("POST", f"/api/ml/{project.ml_id}/train", expect=(200, 201))

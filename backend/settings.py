@@ -208,6 +208,14 @@ class Settings:
         "Share of fine-tuning examples replayed from the base data (`../shared/data`, or "
         "SQUEEZESAM_SHARED_DATA); skipped when that folder is absent.",
     )
+    train_base_data: str = _setting(
+        "TRAIN_BASE_DATA",
+        "",
+        "Base data folder (dataset folders, as `../shared/data`) for fine-tuning's replay "
+        "and the gate's guard set; in a container, mount it as a volume and point this at "
+        "it. Empty: SQUEEZESAM_SHARED_DATA, else `../shared/data`. Without base data the "
+        "guard set is the project's earlier held-out labels (the run's record says which).",
+    )
     train_gate_clicks: int = _setting(
         "TRAIN_GATE_CLICKS", 10, "Most clicks per object when the gate evaluates a model."
     )
@@ -243,14 +251,6 @@ class Settings:
                 if self.basic_auth_user
                 else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
             )
-    train_base_data: str = _setting(
-        "TRAIN_BASE_DATA",
-        "",
-        "Base data folder (dataset folders, as `../shared/data`) for fine-tuning's replay "
-        "and the gate's guard set; in a container, mount it as a volume and point this at "
-        "it. Empty: SQUEEZESAM_SHARED_DATA, else `../shared/data`. Without base data the "
-        "guard set is the project's earlier held-out labels (the run's record says which).",
-    )
             raise ValueError(
                 f"{given} is set but {missing} is empty: set both (HTTP Basic auth on every "
                 "route but /health and /webhook) or neither (no auth)"

@@ -29,8 +29,8 @@ from squeezesam.backend.annotators import AnnotatorNames
 from squeezesam.backend.dashboard import figures
 from squeezesam.backend.progress import read_progress
 from squeezesam.backend.store.reads import reading
-
 from squeezesam.backend.training_progress import describe, running_progress
+
 log = logging.getLogger(__name__)
 
 EXTENSION = "squeezesam.dashboard"
@@ -53,8 +53,8 @@ class Sources:
         self._engine = engine
         self._redis = redis_client
         self._lock = threading.Lock()
-
         self.annotator_names = AnnotatorNames(settings)  # cached per app (annotators.py)
+
     @property
     def engine(self) -> Engine:
         with self._lock:
@@ -121,34 +121,11 @@ def _data() -> dict[str, Any]:
     data = figures.compute(sources.engine, period)
     data["projects"] = known
     data["preannotation"], data["preannotation_error"] = _progress(period.project_id)
+    _add_run_progress(data["training_runs"])
+    _add_annotator_names(data)
     return data
 
 
-@bp.get("/")
-def page() -> str:
-    data = _data()
-    return render_template("dashboard.html", data=data, args=request.args)
-
-
-@bp.get("/data.json")
-def data_json() -> Any:
-    return _data()
-
-
-@bp.get("/<name>.csv")
-def table_csv(name: str) -> Response:
-    if name not in figures.TABLES and name != "preannotation":
-        abort(404, description=f"no table {name!r}; tables: {', '.join(figures.TABLES)}")
-    data = _data()
-    rows: list[dict[str, Any]] = data[name]
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    _add_run_progress(data["training_runs"])
-    _add_annotator_names(data)
-        writer.writeheader()
-        for row in rows:  # nested values (training metrics) as JSON text in one cell
-            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
 def _add_run_progress(runs: list[dict[str, Any]]) -> None:
     """`progress` of each run: step, loss and ETA for a running one (its rq job's meta,
     training_progress.py), else empty."""
@@ -175,6 +152,29 @@ def _add_annotator_names(data: dict[str, Any]) -> None:
     data["annotator_names_error"] = names.error if data["annotators"] else ""
 
 
+@bp.get("/")
+def page() -> str:
+    data = _data()
+    return render_template("dashboard.html", data=data, args=request.args)
+
+
+@bp.get("/data.json")
+def data_json() -> Any:
+    return _data()
+
+
+@bp.get("/<name>.csv")
+def table_csv(name: str) -> Response:
+    if name not in figures.TABLES and name != "preannotation":
+        abort(404, description=f"no table {name!r}; tables: {', '.join(figures.TABLES)}")
+    data = _data()
+    rows: list[dict[str, Any]] = data[name]
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:  # nested values (training metrics) as JSON text in one cell
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
                              for k, v in row.items()})  # fmt: skip
     project = data["project"] if data["project"] is not None else "all"
     filename = f"squeezesam_{name}_project{project}_{data['from'][:10]}_{data['to'][:10]}.csv"

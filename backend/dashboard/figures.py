@@ -116,6 +116,7 @@ def _group_figures(r: Rows, sel: np.ndarray) -> dict[str, Any]:
         "accepted_unchanged": _ratio(unchanged, unchanged + changed),
         "start_iou": _ratio(float(r.iou_sum[sel].sum()), iou_n),
         "start_iou_measured": iou_n,
+        "start_iou_share": _ratio(iou_n, unchanged + changed),
     }
 
 
@@ -141,7 +142,6 @@ def per_version(r: Rows) -> list[dict[str, Any]]:
     for version in set(r.version.tolist()):
         sel = r.version == version
         fig = _group_figures(r, sel)
-        "start_iou_share": _ratio(iou_n, unchanged + changed),
         fig["model_version"] = version
         fig["first_seen"] = _iso(float(r.t[sel].min()))
         fig["last_seen"] = _iso(float(r.t[sel].max()))

@@ -91,6 +91,14 @@ def requeue_abandoned(connection: redis.Redis, job: Job) -> None:
         pipe.execute()
 
 
+def _record_failure(job: Job, reason: str, pipe: redis.client.Pipeline) -> None:
+    """The job FAILED, in the failed registry with `reason` as its failure result: what
+    rq 3's `job_lifecycle.record_job_failure` does, spelled so rq 2.x runs it too (the
+    floor in pyproject.toml is tested by .ci/lowest_deps.sh)."""
+    job.set_status(JobStatus.FAILED, pipeline=pipe)
+    job._handle_failure(reason, pipe)
+
+
 # --- liveness ----------------------------------------------------------------------------
 
 
@@ -100,14 +108,6 @@ def alive_key(queue_name: str) -> str:
 
 def beat(connection: redis.Redis, worker_name: str, queue_names: Iterable[str]) -> None:
     """One liveness beat of a worker on its queues."""
-def _record_failure(job: Job, reason: str, pipe: redis.client.Pipeline) -> None:
-    """The job FAILED, in the failed registry with `reason` as its failure result: what
-    rq 3's `job_lifecycle.record_job_failure` does, spelled so rq 2.x runs it too (the
-    floor in pyproject.toml is tested by .ci/lowest_deps.sh)."""
-    job.set_status(JobStatus.FAILED, pipeline=pipe)
-    job._handle_failure(reason, pipe)
-
-
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for name in queue_names:

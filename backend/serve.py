@@ -138,6 +138,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from squeezesam.backend.app import create_app
 
     settings = service_setup("web")
+    check_port_free(args.host, args.port, "web")  # before any warning: one line on stderr
     warn_if_open(args.host, settings)
     check_port_free(args.host, args.port, "web")
     server = web_server(
@@ -193,6 +194,7 @@ def check_port_free(host: str, port: int, command: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = service_setup("serve")
+    check_port_free(args.host, args.port, "serve")  # before any warning: one line on stderr
     warn_if_open(args.host, settings)
     check_port_free(args.host, args.port, "serve")
     if not settings.model_file.is_file():

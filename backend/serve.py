@@ -140,7 +140,6 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = service_setup("web")
     check_port_free(args.host, args.port, "web")  # before any warning: one line on stderr
     warn_if_open(args.host, settings)
-    check_port_free(args.host, args.port, "web")
     server = web_server(
         create_app(settings),
         args.host,
@@ -196,7 +195,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = service_setup("serve")
     check_port_free(args.host, args.port, "serve")  # before any warning: one line on stderr
     warn_if_open(args.host, settings)
-    check_port_free(args.host, args.port, "serve")
     if not settings.model_file.is_file():
         raise SystemExit(f"model file not found: {settings.model_file} (SQUEEZESAM_MODEL_PATH)")
     if not settings.label_studio_url:

@@ -3,10 +3,11 @@
 request -> route (routes/) -> SqueezeSAMBackend (model.py) -> queue (queues.py,
 dispatch.py) -> worker (worker.py, jobs.py) -> model (models/predictor.py) -> encode
 (brush RLE, labelstudio.py) -> response. Every error is JSON `{"error": "...",
-"status": N}` naming the problem; the app keeps serving after any of them.
+"status": N}` naming the problem; the app keeps serving after any of them. Every request
+leaves one access-log line (`squeezesam.access`: method, route pattern, status, ms).
 
 Guards: HTTP Basic auth (BASIC_AUTH_USER/BASIC_AUTH_PASS) on every endpoint but
-OPEN_ENDPOINTS: `/health`, and `/webhook`, which has its own secret (Label Studio's
+OPEN_ENDPOINTS: `/health` (also at `/`), and `/webhook`, which has its own secret (Label Studio's
 auto-created webhook sends no Basic auth).
 """
 
@@ -28,6 +29,7 @@ from squeezesam.backend.services import ServiceError, Services
 from squeezesam.backend.settings import Settings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("squeezesam.access")
 
 OPEN_ENDPOINTS = {"predict.health", "webhook.webhook"}  # webhook: its own secret
 
@@ -82,4 +84,12 @@ def _add_guards(app: Flask, settings: Settings) -> None:
         if "started" in g:
             elapsed = (time.perf_counter() - g.started) * 1000
             response.headers["Server-Timing"] = f"app;dur={elapsed:.1f}"
+            _access_line(response.status_code, elapsed)
         return response
+
+
+def _access_line(status: int, elapsed_ms: float) -> None:
+    """One line per request: method, route pattern (`/preannotate/<int:project>`, never
+    the path itself, nor its query string: no ids, no tokens), status, milliseconds."""
+    route = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    access_log.info("%s %s %d %.1f ms", request.method, route, status, elapsed_ms)

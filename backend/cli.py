@@ -44,8 +44,30 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(args, "log_level", None) or "INFO",
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except Exception as exc:
+        message = _one_line(exc)
+        if message is None:
+            raise
+        print(f"squeezesam {args.command}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(result or 0)
+
+
+def _one_line(exc: Exception) -> str | None:
+    """The one-line message of a misconfiguration (a bad or missing setting, a Redis or
+    Label Studio that is not there); None for anything else (a bug: its traceback)."""
+    import redis
+
+    from squeezesam.backend.ls_client import LabelStudioUnavailable
+    from squeezesam.backend.settings import ConfigError
+
+    if isinstance(exc, ConfigError | LabelStudioUnavailable):
+        return str(exc)
+    if isinstance(exc, redis.ConnectionError):
+        return f"cannot reach Redis (REDIS_URL): {exc}"
+    return None
 
 
 if __name__ == "__main__":

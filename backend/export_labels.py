@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from squeezesam.backend.cloud_storage import task_ref
 from squeezesam.backend.labelstudio import match_label
 from squeezesam.backend.store import Store
 from squeezesam.backend.store.schema import StoredAnnotation
@@ -193,7 +194,8 @@ def _export_one(
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image_path = out / "images" / f"{name}.jpg"
     if not image_path.is_file():
-        image = np.asarray(image_loader(a.image_ref or ""))
+        # a cloud-storage URI is fetched through its task's presign path (cloud_storage.py)
+        image = np.asarray(image_loader(task_ref(a.image_ref or "", a.task_id)))
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image loader returned shape {image.shape}, expected HxWx3")
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)

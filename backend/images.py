@@ -97,7 +97,8 @@ def _allowed_by_list(url: str, settings: Settings) -> bool:
 def _check_absolute(url: str, settings: Settings) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ImageError(f"image URL scheme {parts.scheme!r} is not allowed (http/https only)")
+        raise ImageError(f"image URL scheme {parts.scheme!r} is not allowed (http/https, "
+                         "or s3/gs/azure-blob through Label Studio's presign)")  # fmt: skip
     # userinfo, backslashes and the like are where URL parsers disagree about the host
     # (`http://10.0.0.1\@ls-host/` is ls-host to urlsplit, 10.0.0.1 to urllib3): refused
     if not _plain_netloc(url, parts.netloc):

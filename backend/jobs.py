@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from rq import get_current_job
 
-from squeezesam.backend import results_cache
+from squeezesam.backend import cloud_storage, results_cache
 from squeezesam.backend.images import ImageError, decode, resolve
 from squeezesam.backend.labelstudio import (
     BrushRegion,
@@ -109,7 +109,10 @@ def load_image(rt: Runtime, ref: str) -> PreparedImage:
     key = rt.cache.key(url, rt.predictor.working_size)
     prepared = rt.cache.get(key)
     if prepared is None:
-        image = decode(rt.fetcher.fetch(ref), rt.settings.image_max_pixels)
+        try:
+            image = decode(rt.fetcher.fetch(ref), rt.settings.image_max_pixels)
+        except ImageError as exc:  # a presign path: the message names the cloud URI
+            raise cloud_storage.explain(exc, ref) from None
         prepared = rt.predictor.prepare(image)
         rt.cache.put(key, prepared)
     return prepared

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from squeezesam.backend.cloud_storage import CloudRefError, task_ref
 from squeezesam.backend.store.schema import ClickRecord
 
 SMART_TOOLS = ("KeyPointLabels", "RectangleLabels")
@@ -115,7 +116,10 @@ def task_image(task: Any, config: ProjectConfig) -> TaskImage:
             f"task {task.get('id')!r} has no image: data.{config.image_key} is missing or empty",
             422,
         )
-    return TaskImage(task.get("id"), ref.strip())
+    try:  # a cloud-storage URI: its task's presign path at Label Studio (cloud_storage.py)
+        return TaskImage(task.get("id"), task_ref(ref.strip(), task.get("id")))
+    except CloudRefError as exc:
+        raise PayloadError(str(exc), exc.status) from None
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,11 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def ml_extra_params(self, project_id: int) -> list[Any]:
+        """The non-empty Extra params of the project's ML backends (`GET /api/ml`)."""
+        backends = self.call("list ML backends", lambda: self.client.ml.list(project=project_id))
+        return [b.extra_params for b in backends or [] if b.extra_params not in (None, "", {})]
+
     def create_prediction(
         self, task_id: int, result: list[dict], score: float, model_version: str
     ) -> None:

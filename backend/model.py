@@ -6,7 +6,8 @@ lives in the workers, so a click never waits for a model load), but the protocol
 same; the names map as follows:
 
 LabelStudioMLBase              -> here
-- `setup()` (POST /setup)      -> `SqueezeSAMBackend.setup(label_config)`
+- `setup()` (POST /setup)      -> `SqueezeSAMBackend.setup(label_config, extra_params,
+                                  project)`: Extra params -> project_params.py
 - `predict(tasks, context)`    -> `SqueezeSAMBackend.predict(tasks, label_config, context,
                                   project)`: one result item (JSON text) per task
 - `ModelResponse(predictions)` -> `{"results": [...]}`, spliced by routes/predict.py
@@ -14,7 +15,8 @@ LabelStudioMLBase              -> here
 - `label_interface`, `parsed_label_config` -> `labelstudio.parse_label_config` ->
                                   `ProjectConfig`
 - `self.model_version`         -> `registry.model_version` (the registry's active model)
-- `get_local_path(url)`        -> `images.Fetcher`, in the worker (pixels cached in Redis)
+- `get_local_path(url)`        -> `images.Fetcher`, in the worker (pixels cached in Redis;
+                                  s3/gs/azure-blob URIs via cloud_storage.py)
 - `self.get` / `self.set`      -> Redis: results_cache.py, progress.py
 - training inside `fit`        -> the `train` queue: training.py -> training_job.py
 
@@ -30,7 +32,9 @@ import logging
 import time
 from typing import Any
 
-from squeezesam.backend import bulk, jobs, webhooks
+import redis
+
+from squeezesam.backend import bulk, jobs, project_params, webhooks
 from squeezesam.backend.labelstudio import (
     PayloadError,
     ProjectConfig,
@@ -55,11 +59,25 @@ class SqueezeSAMBackend:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def setup(self, label_config: Any) -> str:
-        """Check the labeling config (an unsupported one fails here, clearly); the model
-        version Label Studio will see on our predictions."""
-        parse_label_config(label_config)
+    def setup(self, label_config: Any, extra_params: Any = None, project: Any = None) -> str:
+        """Check the labeling config (an unsupported one fails here, clearly) and the
+        project's Extra params (project_params.py; kept for its pre-annotation); the
+        model version Label Studio will see on our predictions."""
+        config = parse_label_config(label_config)
+        params = project_params.parse(extra_params, config)  # a bad key or value: 422
+        project_id = bulk.project_id_of({"project": project}, [])
+        if project_id is not None:
+            self._save_params(project_id, params)
         return self.services.model_version()
+
+    def _save_params(self, project_id: int, params: project_params.ProjectParams) -> None:
+        try:
+            project_params.save(self.services.dispatcher().redis, project_id, params)
+        except (redis.RedisError, ServiceError) as exc:
+            if params != project_params.DEFAULT:  # params set but not kept: say so
+                msg = f"Extra params not saved: Redis unavailable ({exc})"
+                raise ServiceError(msg, 503) from None
+            log.warning("project %s: default Extra params not saved: %s", project_id, exc)
 
     def predict(
         self, tasks: Any, label_config: Any, context: Any = None, project: Any = None
@@ -74,7 +92,12 @@ class SqueezeSAMBackend:
             raise PayloadError("'tasks' must be a non-empty list", 422)
         config = parse_label_config(label_config)
         if context:
-            return [self._click(tasks, context, config, project)]
+            try:
+                return [self._click(tasks, context, config, project)]
+            except (PayloadError, ServiceError) as exc:  # one warning per failed click
+                task_id = tasks[0].get("id") if isinstance(tasks[0], dict) else None
+                log.warning("click on task %s failed (%d): %s", task_id, exc.status, exc)
+                raise
         return self._preannotate(tasks, config, label_config, project)
 
     def fit(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +149,12 @@ class SqueezeSAMBackend:
         self, tasks: list, config: ProjectConfig, label_config: str, project: Any
     ) -> list[str]:
         project_id = bulk.project_id_of({"project": project}, tasks)
-        items = bulk.answer(self.services.dispatcher(), tasks, config, label_config,
-                            self.services.model_version(), project_id)  # fmt: skip
+        dispatcher, version = self.services.dispatcher(), self.services.model_version()
+        params = project_params.load(dispatcher.redis, project_id) or project_params.DEFAULT
+        if not params.zero_click:  # the lead switched pre-annotation off: nothing stored
+            return [bulk.skipped(version, project_params.OFF) for _ in tasks]
+        items = bulk.answer(dispatcher, tasks, config, label_config, version, project_id)
+        items = [project_params.filter_text(item, params) for item in items]
         self.services.record_served(tasks, items, "preannotation")
         return items
 

@@ -18,6 +18,7 @@ Studio, find its objects (or take them from the result cache), write one predict
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,12 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from squeezesam.backend import progress
+from squeezesam.backend import progress, project_params
 from squeezesam.backend.queues import PREANNOTATE, enqueue
 from squeezesam.backend.registry import model_version
 from squeezesam.backend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def done_key(project_id: int, version: str) -> str:
@@ -106,7 +109,12 @@ def enqueue_ids(
     version: str,
     new_run: bool = False,
 ) -> int:
-    """Chunk jobs for the not-done tasks; `new_run` restarts the progress counters."""
+    """Chunk jobs for the not-done tasks; `new_run` restarts the progress counters.
+    Nothing is queued for a project whose Extra params say `zero_click: false`."""
+    params = project_params.load(conn, project_id)
+    if params is not None and not params.zero_click:
+        log.info("project %s: %s; nothing queued", project_id, project_params.OFF)
+        return 0
     ids = _unique_ints(task_ids)
     if ids:
         done = conn.smismember(done_key(project_id, version), ids)

@@ -27,9 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
-    from squeezesam.backend.settings import Settings
+    from squeezesam.backend.settings import ConfigError, Settings
 
     settings = Settings.from_env()
+    if not settings.label_studio_url:
+        raise ConfigError(
+            "LABEL_STUDIO_URL is not set: the tasks are read from and the predictions "
+            "written to Label Studio (set it and LABEL_STUDIO_API_KEY)"
+        )
     embedded = None
     if not settings.redis_url:
         from squeezesam.backend.redis_conn import EmbeddedRedis
@@ -47,7 +52,7 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings) -> int:
     from tqdm import tqdm
 
-    from squeezesam.backend import progress
+    from squeezesam.backend import progress, project_params
     from squeezesam.backend.ls_client import LabelStudioClient
     from squeezesam.backend.preannotate import run_status
     from squeezesam.backend.preannotate_job import plan
@@ -59,6 +64,10 @@ def _run(args: argparse.Namespace, settings) -> int:
     conn = connect(settings)
     version = model_version(settings)
     queued = plan(LabelStudioClient(settings), conn, settings, args.project, version, args.limit)
+    params = project_params.load(conn, args.project)  # the lead's Extra params
+    if params is not None and not params.zero_click:
+        print(f"project {args.project}: {project_params.OFF}; nothing queued")
+        return 0
     print(f"project {args.project}: {queued} tasks queued (model {version})")
     stop = threading.Event()
 

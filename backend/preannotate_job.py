@@ -16,7 +16,7 @@ import uuid
 import redis
 from rq import get_current_job
 
-from squeezesam.backend import jobs, progress
+from squeezesam.backend import jobs, progress, project_params
 from squeezesam.backend.labelstudio import (
     PayloadError,
     ProjectConfig,
@@ -33,6 +33,7 @@ from squeezesam.backend.preannotate import (
     record_error,
 )
 from squeezesam.backend.queues import PREANNOTATE, alive_workers
+from squeezesam.backend.settings import ConfigError
 from squeezesam.backend.store import Store, StoreError
 from squeezesam.backend.worker import Runtime, runtime
 
@@ -76,7 +77,9 @@ def plan(
 ) -> int:
     """Queue the project's tasks without a prediction of `version`; returns how many."""
     label_config = ls.label_config(project_id)
-    parse_label_config(label_config)  # an unusable config fails the run here, clearly
+    config = parse_label_config(label_config)  # an unusable config fails the run, clearly
+    if project_params.load(conn, project_id) is None:  # no /setup seen since Redis started
+        _params_from_label_studio(ls, conn, project_id, config)
     todo, already = [], []
     for task in ls.iter_tasks(project_id):
         if has_prediction(task, version):
@@ -88,6 +91,27 @@ def plan(
     log.info("project %s: %d tasks to pre-annotate, %d already done", project_id, len(todo),
              len(already))  # fmt: skip
     return enqueue_ids(conn, settings, project_id, todo, label_config, version, new_run=True)
+
+
+def _params_from_label_studio(
+    ls: LabelStudioClient, conn: redis.Redis, project_id: int, config: ProjectConfig
+) -> None:
+    """The Extra params of the project's ML backends (`GET /api/ml?project=`), kept as if
+    /setup had brought them; several different ones: the defaults, with a warning."""
+    try:
+        extras = {json.dumps(e, sort_keys=True) for e in ls.ml_extra_params(project_id)}
+    except Exception as exc:  # optional: a token that may not list ML backends, say
+        log.warning("project %s: Extra params not read from Label Studio: %s", project_id, exc)
+        return
+    if len(extras) > 1:
+        log.warning("project %s: its ML backends have different Extra params; using the "
+                    "defaults", project_id)  # fmt: skip
+    elif extras:
+        try:
+            params = project_params.parse(json.loads(extras.pop()), config)
+        except PayloadError as exc:
+            raise ConfigError(f"project {project_id}: {exc}") from None
+        project_params.save(conn, project_id, params)
 
 
 def plan_project(job: PlanJob) -> int:
@@ -103,10 +127,12 @@ def run_chunk(job: ChunkJob) -> dict[str, int]:
     ls = ls_client(rt)
     version = rt.predictor.version
     config = parse_label_config(job.label_config or ls.label_config(job.project_id))
+    params = project_params.load(conn, job.project_id) or project_params.DEFAULT
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:
         for task_id in job.task_ids:
-            outcome = _one_task(rt, ls, conn, config, job.project_id, task_id, version)
+            outcome = _one_task(rt, ls, conn, (config, params), job.project_id, task_id,
+                                version)  # fmt: skip
             counts[outcome] += 1
             progress.progress_advance(conn, job.project_id, failed=int(outcome == "failed"))
     finally:
@@ -118,11 +144,12 @@ def _one_task(
     rt: Runtime,
     ls: LabelStudioClient,
     conn: redis.Redis,
-    config: ProjectConfig,
+    project: tuple[ProjectConfig, project_params.ProjectParams],
     project_id: int,
     task_id: int,
     version: str,
 ) -> str:
+    config, params = project
     done = done_key(project_id, version)
     if conn.sismember(done, task_id):
         return "skipped"
@@ -150,7 +177,7 @@ def _one_task(
             log.warning("project %s task %s: %s", project_id, task_id, outcome.error)
             record_error(conn, project_id, task_id, outcome.error)
             return "failed"
-        item = json.loads(outcome.body)
+        item = project_params.filter_item(json.loads(outcome.body), params)  # Extra params
         if item["model_version"] != version:  # the model was swapped mid-chunk
             version = item["model_version"]
             done = done_key(project_id, version)

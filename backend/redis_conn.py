@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 
-from squeezesam.backend.settings import Settings
+from squeezesam.backend.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class EmbeddedRedis:
 def connect(settings: Settings) -> redis.Redis:
     """A client for REDIS_URL. Bytes in, bytes out (rq needs decode_responses=False)."""
     if not settings.redis_url:
-        raise RuntimeError(
+        raise ConfigError(
             "REDIS_URL is not set: start the service with `squeezesam serve` (which starts an "
             "embedded Redis) or point REDIS_URL at a Redis server"
         )

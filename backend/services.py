@@ -18,7 +18,7 @@ from squeezesam.backend.labelstudio import Prompt
 from squeezesam.backend.recorder import Recorder
 from squeezesam.backend.redis_conn import connect
 from squeezesam.backend.registry import model_registry, model_version
-from squeezesam.backend.settings import Settings
+from squeezesam.backend.settings import ConfigError, Settings
 from squeezesam.backend.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Services:
         if self._dispatcher is None:  # connect on first use: /health works without Redis
             try:
                 self._dispatcher = Dispatcher(connect(self.settings), self.settings)
-            except RuntimeError as exc:
+            except ConfigError as exc:  # REDIS_URL not set
                 raise ServiceError(str(exc), 503) from None
         return self._dispatcher
 

@@ -8,6 +8,7 @@ logged Settings object never shows a token or password.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,13 @@ from urllib.parse import urlsplit
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be meant (or one a command needs but lacks): the `squeezesam`
+    command prints its one-line message on stderr and exits 2, no traceback."""
+
+
 Origin = tuple[str, str, int]  # (scheme, host, port): what credentials are bound to
 
 
@@ -35,8 +43,12 @@ def origin_of(url: str) -> Origin | None:
     return scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[scheme]
 
 
-def _setting(env: str, default: object, help: str, secret: bool = False):  # noqa: A002
-    return field(default=default, repr=not secret, metadata={"env": env, "help": help})
+def _setting(env: str, default: object, help: str, secret: bool = False,  # noqa: A002
+             aliases: tuple[str, ...] = ()):  # fmt: skip
+    """A field read from `env`, or else from one of `aliases` (the names HumanSignal's
+    label-studio-ml examples use); the canonical name wins when both are set."""
+    meta = {"env": env, "help": help, "aliases": aliases}
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Settings:
         "Base URL of Label Studio, e.g. `http://localhost:8080`. Relative image paths "
         "(`/data/upload/...`, `/data/local-files/...`, presign URLs) are fetched from it; "
         "its token goes to exactly this scheme, host and port (80/443 when none is given).",
+        aliases=("LABEL_STUDIO_HOST",),
     )
     label_studio_api_key: str = _setting(
         "LABEL_STUDIO_API_KEY",
@@ -54,6 +67,7 @@ class Settings:
         "Label Studio token for image downloads: a personal access token (JWT, exchanged "
         "for a 5-minute access token) or a legacy token. Never logged.",
         secret=True,
+        aliases=("LABEL_STUDIO_ACCESS_TOKEN",),
     )
     redis_url: str = _setting(
         "REDIS_URL",
@@ -122,6 +136,7 @@ class Settings:
         16,
         "Request threads of the web process (each click or bulk request holds one while "
         "it waits on the queue).",
+        aliases=("THREADS",),
     )
     web_connection_limit: int = _setting(
         "WEB_CONNECTION_LIMIT",
@@ -171,6 +186,7 @@ class Settings:
         "~/.local/share/squeezesam",
         "Folder of the label store (`labels.db` when SQLite, `masks/`), the model registry "
         "and training runs' working files.",
+        aliases=("MODEL_DIR",),
     )
     database_url: str = _setting(
         "DATABASE_URL",
@@ -251,27 +267,34 @@ class Settings:
                 if self.basic_auth_user
                 else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
             )
-            raise ValueError(
+            raise ConfigError(
                 f"{given} is set but {missing} is empty: set both (HTTP Basic auth on every "
                 "route but /health and /webhook) or neither (no auth)"
             )
         if ":" in self.basic_auth_user:
-            raise ValueError(
+            raise ConfigError(
                 "BASIC_AUTH_USER must not contain ':' (HTTP Basic auth cannot send it)"
             )
+        level = str(self.log_level).strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ConfigError(f"LOG_LEVEL={self.log_level!r}: not a level (DEBUG, INFO, ...)")
+        object.__setattr__(self, "log_level", level)  # logging takes upper case only
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is None or raw == "":
+            # the canonical name first: it wins over an alias when both are set
+            name = next((n for n in (f.metadata["env"], *f.metadata["aliases"])
+                         if environ.get(n)), None)  # fmt: skip
+            if name is None:
                 continue
+            raw = environ[name]
             try:
                 values[f.name] = _convert(raw, f.default)
             except ValueError as exc:
-                raise ValueError(f"{f.metadata['env']}={raw!r}: {exc}") from None
+                raise ConfigError(f"{name}={raw!r}: {exc}") from None
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -336,7 +359,10 @@ def settings_table() -> str:
         elif isinstance(default, tuple):
             default = ",".join(default)
         shown = f"`{default}`" if default not in ("", ()) else "(empty)"
-        lines.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['help']} |")
+        names = f"`{f.metadata['env']}`" + "".join(
+            f" (alias `{alias}`)" for alias in f.metadata["aliases"]
+        )
+        lines.append(f"| {names} | {shown} | {f.metadata['help']} |")
     return "\n".join(lines)
 
 

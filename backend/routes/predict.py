@@ -19,6 +19,7 @@ MODEL_CLASS = "SqueezeSAM"
 bp = Blueprint("predict", __name__)
 
 
+@bp.get("/")  # what label-studio-ml's servers answer at `/`: the same as /health
 @bp.get("/health")
 def health() -> Response:
     return jsonify(status="UP", model_class=MODEL_CLASS)
@@ -34,7 +35,8 @@ def versions() -> Response:
 @bp.post("/setup")
 def setup() -> Response:
     body = json_body()
-    return jsonify(model_version=backend().setup(body.get("schema")))
+    version = backend().setup(body.get("schema"), body.get("extra_params"), body.get("project"))
+    return jsonify(model_version=version)
 
 
 @bp.post("/predict")

@@ -1,14 +1,25 @@
 """A local stand-in for Label Studio's REST API (the parts pre-annotation uses).
 
 Serves /api/projects/<id>/, /api/tasks/ (paginated like DRF), /api/tasks/<id>/,
-POST /api/predictions/ and /data/upload/<project>/<hex>-<name> images from a folder,
-with the legacy-token auth Label Studio uses, and records what it receives. Failures
-can be injected: `fail_until` (monotonic time) answers 503 to every /api call until
-then. Used by tests/backend/test_preannotate.py and benchmarks/preannotate_throughput.py.
+POST /api/predictions/, GET /api/ml/ (the project's ML backends: `ml_backends`) and
+/data/upload/<project>/<hex>-<name> images from a folder, with the legacy-token auth
+Label Studio uses, and records what it receives. Failures can be injected:
+`fail_until` (monotonic time) answers 503 to every /api call until then.
+
+Cloud storage like Label Studio 1.23 (io_storages/proxy_api.py): tasks added with
+`add_cloud_tasks` hold `s3://`, `gs://` or `azure-blob://` URIs; `/tasks/<id>/presign/
+?fileuri=<urlsafe base64>` (token required, the URI must be the task's) answers 303 to
+the "bucket" (`/bucket/<scheme>/<name>?X-Amz-Signature=...`, no auth, served under
+`bucket_host`, another origin) when `presign` is on, else the bytes (proxied). What the
+bucket received: `bucket_requests` (path, Authorization header).
+Used by tests/backend/test_preannotate.py, test_cloud_storage.py and
+benchmarks/preannotate_throughput.py.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 import time
 from pathlib import Path
@@ -29,6 +40,9 @@ class StandInLabelStudio:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.fail_until = 0.0
         self.failed_calls = 0
+        self.ml_backends: list[dict[str, Any]] = []  # GET /api/ml/?project=
+        self.presign = True  # cloud storage "presign" on: 303 to the bucket; off: bytes
+        self.bucket_requests: list[tuple[str, str]] = []  # (path, Authorization)
         self.lock = threading.Lock()
         self.app = self._build()
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
@@ -65,6 +79,19 @@ class StandInLabelStudio:
                 ids.append(task_id)
         return ids
 
+    @property
+    def bucket_host(self) -> str:
+        """The bucket's origin: this server under another host name (IMAGE_ALLOWED_HOSTS)."""
+        return f"localhost:{self.server.server_port}"
+
+    def add_cloud_tasks(self, project: int, uris: list[str]) -> list[int]:
+        """Tasks whose image is a cloud URI (`s3://bucket/<name>`...); <name> is served."""
+        ids = self.add_tasks(project, ["x"] * len(uris))
+        with self.lock:
+            for task_id, uri in zip(ids, uris, strict=True):
+                self.tasks[task_id]["data"]["image"] = uri
+        return ids
+
     def predictions_of(self, task_id: int) -> list[dict[str, Any]]:
         return [p for p in self.predictions if p["task"] == task_id]
 
@@ -77,6 +104,11 @@ class StandInLabelStudio:
         @app.before_request
         def guard():
             self.requests.append((request.method, request.path))
+            if request.path.startswith("/bucket/"):  # the storage: signed URL, no token
+                self.bucket_requests.append(
+                    (request.path, request.headers.get("Authorization", ""))
+                )
+                return None
             if request.headers.get("Authorization") != f"Token {TOKEN}":
                 return jsonify(detail="Authentication credentials were not provided."), 401
             if request.path.startswith("/api/") and time.monotonic() < self.fail_until:
@@ -122,6 +154,33 @@ class StandInLabelStudio:
                 self.predictions.append(item)
             return jsonify(item), 201
 
+        @app.get("/api/ml/")
+        def ml_backends():
+            project = request.args.get("project", type=int)
+            return jsonify([b for b in self.ml_backends if b.get("project") == project])
+
+        @app.get("/tasks/<int:task_id>/presign/")
+        def presign(task_id: int):
+            try:
+                uri = base64.urlsafe_b64decode(request.args.get("fileuri", "").encode()).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                abort(404)
+            task = self.tasks.get(task_id)
+            if task is None or task["data"].get("image") != uri:
+                abort(404)  # Label Studio: no storage of the task's project for this URI
+            scheme, _, rest = uri.partition("://")
+            name = rest.rsplit("/", 1)[-1]
+            if not self.presign:  # proxied by Label Studio itself
+                return self._image(name)
+            location = f"http://{self.bucket_host}/bucket/{scheme}/{name}?X-Amz-Signature=s3cr3t"
+            return "", 303, {"Location": location}
+
+        @app.get("/bucket/<scheme>/<name>")
+        def bucket(scheme: str, name: str):
+            if request.args.get("X-Amz-Signature") != "s3cr3t":
+                return "AccessDenied", 403
+            return self._image(name)
+
         @app.get("/data/upload/<int:project>/<name>")
         def upload(project: int, name: str):
             data = self.images.get(name.split("-", 1)[-1])
@@ -130,3 +189,9 @@ class StandInLabelStudio:
             return data, 200, {"Content-Type": "image/jpeg"}
 
         return app
+
+    def _image(self, name: str):
+        data = self.images.get(name)
+        if data is None:
+            abort(404)
+        return data, 200, {"Content-Type": "image/jpeg"}

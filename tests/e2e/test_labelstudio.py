@@ -431,7 +431,7 @@ def key_paths(value, prefix: str = "") -> set[str]:
 
 # keys whose contents depend on the data, not on the protocol: the regions (the captures
 # drew other region kinds), the project's parsed label config, free-form task meta
-VOLATILE = {"result", "parsed_label_config", "meta"}
+VOLATILE = {"result", "parsed_label_config", "meta", "extra_params"}  # params: the lead's
 
 
 def protocol_keys(body) -> set[str]:
@@ -506,3 +506,55 @@ def test_the_unit_test_payload_fixtures_match_the_live_server(project):
                   if r["type"] == kind][:1]  # fmt: skip
         assert set(region) <= set(real), (kind, set(region) - set(real))
         assert set(region["value"]) <= set(real["value"]), (kind, region["value"])
+
+
+# --- Extra params, set where a lead sets them -------------------------------------------------
+
+
+def test_extra_params_set_in_label_studio_shape_its_pre_annotation(labelstudio, backend):
+    """Extra params saved through Label Studio's own API reach our /setup (Label Studio
+    sends them), change what Retrieve Predictions stores, and a bad one is refused where
+    the lead sees it: the ML backend's state and error message in Label Studio."""
+    ls, images = labelstudio, pick_images()
+    body = {"title": "SqueezeSAM e2e Extra params", "label_config": CONFIG.read_text()}
+    pid = ls.api("POST", "/api/projects", json=body)["id"]
+    files = {f"file{n}": (i["image"].name, i["image"].read_bytes(), "image/jpeg")
+             for n, i in enumerate(images)}  # fmt: skip
+    ls.api("POST", f"/api/projects/{pid}/import", files=files)
+    tasks = ls.api("GET", f"/api/tasks?project={pid}&page_size=100")
+    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    label_of = {i["image"].name: i["label"] for i in images}
+    truth = {t["id"]: label_of[t["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[-1]]
+             for t in tasks}  # fmt: skip
+    params = {"labels": ["Pet"], "max_objects": 1}
+    connect = {"url": backend.url, "project": pid, "title": "squeezesam", "is_interactive": True,
+               "extra_params": params}  # fmt: skip
+    ml = ls.api("POST", "/api/ml", json=connect)
+    assert ls.api("GET", f"/api/ml/{ml['id']}")["state"] == "CO"
+    setups = [r for r in backend.proxy.seen("/setup")
+              if str(r["body"].get("project", "")).startswith(f"{pid}.")]  # fmt: skip
+    assert setups and setups[-1]["body"]["extra_params"] == params, "no /setup with the params"
+
+    def retrieve() -> None:
+        ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+               json={"selectedItems": {"all": False, "included": list(truth)}})  # fmt: skip
+
+    retrieve()
+    stored = {t: ls.api("GET", f"/api/predictions?task={t}") for t in truth}
+    assert all(len(p) == 1 for p in stored.values()), stored
+    labels = {t: [r["value"]["brushlabels"][0] for r in p[0]["result"]] for t, p in stored.items()}
+    assert all(len(found) <= 1 and set(found) <= {"Pet"} for found in labels.values()), labels
+    assert any(labels[t] == ["Pet"] for t, label in truth.items() if label == "Pet"), labels
+
+    # a typo: Label Studio shows our 422 on the model card and predicts nothing
+    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"extra_params": {"min_scor": 0.5}})
+    card = ls.api("GET", f"/api/ml/{ml['id']}")
+    assert card["state"] == "ER" and "min_scor" in (card["error_message"] or ""), card
+
+    # pre-annotation off: Retrieve Predictions stores nothing
+    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"extra_params": {"zero_click": False}})
+    assert ls.api("GET", f"/api/ml/{ml['id']}")["state"] == "CO"
+    ls.api("POST", f"/api/dm/actions?id=delete_tasks_predictions&project={pid}",
+           json={"selectedItems": {"all": False, "included": list(truth)}})  # fmt: skip
+    retrieve()
+    assert all(ls.api("GET", f"/api/predictions?task={t}") == [] for t in truth)

@@ -10,9 +10,14 @@ blocks a retry); late tasks are written back to Label Studio by the whole-projec
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify
 
-from squeezesam.backend.routes import backend, json_body, services
+from squeezesam.backend.labelstudio import PayloadError
+from squeezesam.backend.routes import backend, error, json_body, services
+
+log = logging.getLogger(__name__)
 
 MODEL_CLASS = "SqueezeSAM"
 
@@ -35,8 +40,23 @@ def versions() -> Response:
 @bp.post("/setup")
 def setup() -> Response:
     body = json_body()
-    version = backend().setup(body.get("schema"), body.get("extra_params"), body.get("project"))
+    try:
+        version = backend().setup(body.get("schema"), body.get("extra_params"),
+                                  body.get("project"))  # fmt: skip
+    except PayloadError as exc:
+        # Label Studio shows only `str(HTTPError)` on the model card ("422 Client Error:
+        # <reason> for url"): the reason phrase carries the message, so the lead reads it
+        log.warning("/setup refused: %s", exc)
+        response = error(str(exc), exc.status)
+        response.status = f"{exc.status} {_reason(str(exc))}"
+        return response
     return jsonify(model_version=version)
+
+
+def _reason(message: str) -> str:
+    """A message fit for an HTTP reason phrase: printable ASCII, one line, bounded."""
+    text = message.encode("ascii", "replace").decode()
+    return "".join(c if c.isprintable() else " " for c in text)[:300]
 
 
 @bp.post("/predict")

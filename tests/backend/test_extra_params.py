@@ -89,6 +89,31 @@ def test_setup_refuses_a_bad_extra_param_naming_key_and_value(xp_client, extra, 
     assert named in response.json["error"]
 
 
+def test_label_studio_shows_the_bad_key_on_the_model_card(xp_settings):
+    """Label Studio keeps `str(HTTPError)` of a failed /setup as the ML backend's
+    error_message (ml/api_connector.py, 1.23.2): the reason phrase carries our message."""
+    import threading
+
+    import requests
+
+    from squeezesam.backend.webserver import web_server
+
+    server = web_server(create_app(xp_settings), "127.0.0.1", 0, threads=2)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        answer = requests.post(f"http://127.0.0.1:{server.effective_port}/setup",
+                               json={"project": "3.1", "schema": CONFIG,
+                                     "extra_params": {"zero_clik": False}}, timeout=30)  # fmt: skip
+        with pytest.raises(requests.HTTPError) as caught:
+            answer.raise_for_status()
+    finally:
+        server.close()
+    assert str(caught.value).startswith(
+        "422 Client Error: Extra params: unknown key 'zero_clik' (known: labels, min_score, "
+    )
+    assert answer.json()["error"].startswith("Extra params: unknown key 'zero_clik'")
+
+
 def test_setup_keeps_valid_extra_params_per_project_and_null_clears_them(xp_client, conn):
     project, other = next(_projects), next(_projects)
     extra = '{"labels": "person, Pet", "min_score": "0.25", "max_objects": 3, "zero_click": "on"}'

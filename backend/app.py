@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from squeezesam.backend.auth import basic_auth_ok
+from squeezesam.backend.auth import FailureLimiter, basic_auth_ok
 from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.metrics import register_metrics
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("squeezesam.access")
 
 OPEN_ENDPOINTS = {"predict.health", "webhook.webhook"}  # webhook: its own secret
+REDIS_RETRY_AFTER = 2  # seconds: a Redis restart (embedded or not) takes about that
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -53,16 +55,18 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _add_guards(app: Flask, settings: Settings) -> None:
     """Basic auth before every request, JSON for every error, Server-Timing after."""
 
+    limiter = FailureLimiter(settings.auth_failures_per_minute)
+    # werkzeug also stops a chunked body (no Content-Length) at the limit: a 413 on read
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+
     @app.before_request
     def guard() -> Response | None:
         g.started = time.perf_counter()
+        too_large = _too_large(settings.max_request_bytes)  # before auth, body unread
+        if too_large is not None:
+            return too_large
         if settings.basic_auth_enabled and request.endpoint not in OPEN_ENDPOINTS:
-            auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
-            ok = basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass)
-            if not ok:
-                response = error("HTTP Basic authentication required", 401)
-                response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
-                return response
+            return _basic_auth(settings, limiter)
         return None
 
     @app.errorhandler(HTTPException)
@@ -73,6 +77,16 @@ def _add_guards(app: Flask, settings: Settings) -> None:
     @app.errorhandler(ServiceError)
     def known_error(exc: PayloadError | ServiceError) -> Response:
         return error(str(exc), exc.status)
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(redis.BusyLoadingError)
+    def redis_gap(exc: redis.RedisError) -> Response:
+        # Redis restarting or briefly out of reach: the client should simply retry
+        log.warning("Redis unavailable on %s: %s", request.path, type(exc).__name__)
+        response = error(f"Redis is not reachable right now ({type(exc).__name__})", 503)
+        response.headers["Retry-After"] = str(REDIS_RETRY_AFTER)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
@@ -85,7 +99,39 @@ def _add_guards(app: Flask, settings: Settings) -> None:
             elapsed = (time.perf_counter() - g.started) * 1000
             response.headers["Server-Timing"] = f"app;dur={elapsed:.1f}"
             _access_line(response.status_code, elapsed)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
+
+
+def _too_large(limit: int) -> Response | None:
+    """413 for a declared body over MAX_REQUEST_BYTES, before anything reads it (waitress
+    answers the same before the app sees the request: webserver.py)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        response = error(
+            f"request body of {length} bytes: at most {limit} (MAX_REQUEST_BYTES)", 413
+        )
+        response.headers["Connection"] = "close"
+        return response
+    return None
+
+
+def _basic_auth(settings: Settings, limiter: FailureLimiter) -> Response | None:
+    """None when the credentials are right; 401, or 429 past AUTH_FAILURES_PER_MINUTE
+    failures of this client address."""
+    address = request.remote_addr or ""
+    wait = limiter.retry_after(address)
+    if wait:
+        response = error(f"too many failed logins from {address}: retry in {wait} s", 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
+    if basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass):
+        return None
+    limiter.failed(address)
+    response = error("HTTP Basic authentication required", 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
+    return response
 
 
 def _access_line(status: int, elapsed_ms: float) -> None:

@@ -10,6 +10,9 @@ werkzeug decoded them (UTF-8; credentials that are not UTF-8 are no credentials)
 from __future__ import annotations
 
 import hmac
+import math
+import threading
+import time
 
 
 def _utf8(text: str) -> bytes:
@@ -48,3 +51,48 @@ def basic_auth_ok(authorization: object, user: str, password: str) -> bool:
 def webhook_secret_ok(header_value: str | None, secret: str) -> bool:
     """The X-Webhook-Secret header (as WSGI gives it) against WEBHOOK_SECRET."""
     return same_secret(header_bytes(header_value), secret)
+
+
+class FailureLimiter:
+    """Failed Basic auth attempts per client address: a token bucket each, `per_minute`
+    tokens deep, refilled at `per_minute` a minute; a failure takes one. An address with
+    an empty bucket gets 429 with Retry-After until a token is back, also for a right
+    password (a guesser learns nothing while limited). In-process: each web process
+    counts its own; behind a reverse proxy every client has the proxy's address, so limit
+    there too (README, security). Memory: at most MAX_ADDRESSES buckets, full ones
+    dropped first."""
+
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, at = self._buckets.get(address, (float(self.per_minute), now))
+        return min(float(self.per_minute), tokens + (now - at) * self.per_minute / 60.0)
+
+    def retry_after(self, address: str) -> int:
+        """Seconds until `address` may try again; 0: now."""
+        if self.per_minute <= 0:
+            return 0
+        with self._lock:
+            tokens = self._tokens(address, time.monotonic())
+        return 0 if tokens >= 1.0 else math.ceil((1.0 - tokens) * 60.0 / self.per_minute)
+
+    def failed(self, address: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens = self._tokens(address, now)
+            self._buckets[address] = (max(0.0, tokens - 1.0), now)
+            if len(self._buckets) > self.MAX_ADDRESSES:
+                self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop the buckets that are full again (they limit nothing), else the oldest."""
+        full = [a for a in self._buckets if self._tokens(a, now) >= self.per_minute]
+        for address in full or sorted(self._buckets, key=lambda a: self._buckets[a][1])[:1000]:
+            del self._buckets[address]

@@ -23,6 +23,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from rq.job import Job
 
 from squeezesam.backend import jobs, preannotate, results_cache
@@ -50,6 +51,19 @@ def skipped(version: str, reason: str) -> str:
     """An item Label Studio skips: no "result" key (see the module doc)."""
     item = {"model_version": version, "score": 0.0, "skipped": reason}
     return json.dumps(item, separators=(",", ":"))
+
+
+def _wait(d: Dispatcher, job: Job, deadline: float) -> jobs.Outcome:
+    """One task's outcome; whatever goes wrong with its job is that task's failure (an
+    item without result), never the whole request's 500. Redis out of reach is the
+    request's (503 with Retry-After, app.py): no task could be answered."""
+    try:
+        return d.wait(job, deadline)
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise
+    except Exception as exc:
+        log.exception("bulk /predict: waiting on job %s failed", job.id)
+        return jobs.Outcome(500, error=f"the job failed: {type(exc).__name__}")
 
 
 def answer(
@@ -82,7 +96,7 @@ def answer(
     bodies: list[str] = []
     late: list[int] = []
     for task, item in zip(tasks, items, strict=True):
-        outcome = d.wait(item, deadline) if isinstance(item, Job) else item
+        outcome = _wait(d, item, deadline) if isinstance(item, Job) else item
         if isinstance(outcome, str):  # from the cache
             bodies.append(outcome)
             continue

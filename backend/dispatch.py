@@ -14,6 +14,8 @@ slices; between slices we check that the job is still in good hands:
   after job timeout + 60 s.
 * QUEUED with no live worker on its queue for NO_WORKER_GRACE: answer 503 quickly
   instead of hanging until the deadline.
+* gone (its key expired before a worker started it: a queue longer than the wait):
+  504, like the deadline; bulk /predict hands the task off (bulk.py).
 
 At the deadline the job is cancelled, so a click nobody waits for any more is not run.
 """
@@ -21,12 +23,13 @@ At the deadline the job is cancelled, so a click nobody waits for any more is no
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
@@ -52,7 +55,7 @@ class Dispatcher:
             func,
             spec,
             job_timeout=max(int(timeout) + 5, 10),  # a hung model pass gets killed
-            ttl=max(int(timeout), 1),  # not started by then: nobody waits any more
+            ttl=max(math.ceil(timeout), 1),  # not started by then: nobody waits any more
             result_ttl=60,
             failure_ttl=600,
             retries=self.settings.job_retries,
@@ -98,11 +101,14 @@ class Dispatcher:
         """Between slices: rescue a job whose worker died; fail fast without workers."""
         try:
             status = job.get_status(refresh=True)
-        except NoSuchJobError:
-            return Outcome(500, error="the job disappeared from Redis"), None
-        live = alive_workers(self.redis, job.origin)
+            live = alive_workers(self.redis, job.origin)
+            if status == JobStatus.STARTED:
+                job.refresh()
+        except (NoSuchJobError, InvalidJobOperation):
+            # its key expired: not started within its ttl (the queue was longer than the
+            # wait), or its result outlived; rq raises either. Not ready: like the deadline
+            return Outcome(504, error="no answer in time (the job expired unstarted)"), None
         if status == JobStatus.STARTED:
-            job.refresh()
             if job.worker_name and job.worker_name not in live:
                 requeue_abandoned(self.redis, job)
             return None, None

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from squeezesam.backend.cloud_storage import task_ref
+from squeezesam.backend.csv_cells import safe_row
 from squeezesam.backend.labelstudio import match_label
 from squeezesam.backend.store import Store
 from squeezesam.backend.store.schema import StoredAnnotation
@@ -219,7 +220,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows(safe_row(row) for row in rows)  # formula-like text: a leading '
     _atomic_bytes(path, buf.getvalue().encode())
 
 
@@ -237,6 +238,7 @@ _README = """# Label Studio annotations (exported by `squeezesam labels export -
 Source: annotations accepted in Label Studio and collected by the squeezesam ML backend
 (webhooks + reconcile). Image ids are `p<project>_t<task>`. `category` is the Label Studio
 label name; `label` maps Person -> person, Pet -> pet, anything else -> other.
+A text cell starting with = + - @, a tab or a CR has a leading ' (not a formula).
 Pixels no annotator region covers are background (0). `split.csv`: val = md5(image id)
 in the first 15 % of the hash space; stable as labels are added.
 Licence: that of the annotated images (see the Label Studio project).

@@ -70,8 +70,17 @@ def enqueue(
         result_ttl=result_ttl,
         failure_ttl=failure_ttl,
         retry=Retry(max=retries) if retries else None,
-        description=description,
+        # rq's default description is the call with its arguments, which start with the
+        # image reference (a presigned URL's signature): stored in Redis, shown by rq's
+        # tools and logged. The function's name instead (issue 20, item 9).
+        description=description or f"{_name(func)}(...)",
     )
+
+
+def _name(func: Callable[..., Any] | str) -> str:
+    if isinstance(func, str):
+        return func
+    return f"{func.__module__}.{func.__qualname__}"
 
 
 def requeue_abandoned(connection: redis.Redis, job: Job) -> None:

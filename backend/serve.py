@@ -147,6 +147,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         settings.web_threads,
         connection_limit=settings.web_connection_limit,
         read_timeout=settings.web_request_read_timeout,
+        max_request_bytes=settings.max_request_bytes,
     )
     # SIGTERM (serve's supervisor, docker stop) ends waitress's loop like Ctrl-C, so the
     # process exits normally and the recorder writes its pending click records (atexit)

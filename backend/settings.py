@@ -151,6 +151,25 @@ class Settings:
         "Seconds a client may take to send one whole request (headers and body); a slower "
         "connection is closed. Idle keep-alive connections are closed after 60 s.",
     )
+    max_request_bytes: int = _setting(
+        "MAX_REQUEST_BYTES",
+        32 * 1024 * 1024,
+        "Largest request body in bytes (Content-Length, or counted for a chunked body); a "
+        "larger one is answered 413 before its body is read, before auth. Label Studio's "
+        "largest captured request is 60 kB; a brush region is ~0.5 MB at 12 Mpx.",
+    )
+    auth_failures_per_minute: int = _setting(
+        "AUTH_FAILURES_PER_MINUTE",
+        30,
+        "Failed Basic auth attempts a client address may make per minute (a burst of as "
+        "many, then refilled evenly); past it 429 with Retry-After. 0: no limit.",
+    )
+    dashboard_max_days: int = _setting(
+        "DASHBOARD_MAX_DAYS",
+        366,
+        "Longest `from`..`to` range of the dashboard (page, JSON, CSV), in days; a longer "
+        "one is a 400 naming the limit.",
+    )
     interactive_timeout: float = _setting(
         "INTERACTIVE_TIMEOUT",
         20.0,

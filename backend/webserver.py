@@ -10,6 +10,7 @@ behind a reverse proxy sets.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ def web_server(
     threads: int,
     connection_limit: int = _DEFAULTS.web_connection_limit,
     read_timeout: float = _DEFAULTS.web_request_read_timeout,
+    max_request_bytes: int = _DEFAULTS.max_request_bytes,
 ) -> Any:
     """The app in waitress, a production WSGI server: a fixed pool of request threads
     and HTTP/1.1 keep-alive. Measured against werkzeug's development server (a thread
@@ -43,7 +45,12 @@ def web_server(
     `connection_limit` open connections each new one closes the idlest or slowest one
     that is not being answered, so a real request always gets in. Chosen over a
     thread-per-connection or async server: the request path stays as measured, and the
-    guard is a few lines over waitress's own bookkeeping."""
+    guard is a few lines over waitress's own bookkeeping.
+
+    Bodies (issue 20, item 6): a Content-Length over `max_request_bytes` is answered 413
+    as soon as the headers are in, before any of the body is read and before the app
+    (auth included) sees the request; a chunked body is cut off with the same 413 once it
+    grows past the limit. waitress's own errors (413, 400, 431) are JSON like the app's."""
     from waitress.adjustments import Adjustments
     from waitress.server import MultiSocketServer
     from waitress.task import ThreadedTaskDispatcher
@@ -59,6 +66,7 @@ def web_server(
         channel_timeout=IDLE_TIMEOUT,
         cleanup_interval=1,
         asyncore_use_poll=True,
+        max_request_body_size=max_request_bytes + 1,  # waitress refuses >= its limit
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
@@ -111,8 +119,29 @@ def _guarded_server_class() -> type:
         return _GUARDED[0]
     from waitress.channel import HTTPChannel
     from waitress.server import TcpWSGIServer
+    from waitress.task import ErrorTask
+
+    class JSONErrorTask(ErrorTask):
+        """waitress's own error answers (413 body too large, 400 bad framing, 431) in the
+        app's one error shape `{"error": "...", "status": N}`."""
+
+        def execute(self) -> None:
+            error = self.request.error
+            message = error.body
+            if error.code == 413:
+                limit = self.channel.adj.max_request_body_size - 1
+                message = f"request body over {limit} bytes (MAX_REQUEST_BYTES)"
+            body = json.dumps({"error": f"{error.reason}: {message}", "status": error.code})
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.response_headers.append(("X-Content-Type-Options", "nosniff"))
+            self.set_close_on_finish()
+            self.content_length = len(body.encode())
+            self.write(body.encode())
 
     class GuardedChannel(HTTPChannel):
+        error_task_class = JSONErrorTask
+
         read_started: float | None = None  # first byte of the request not yet complete
         _partial: object = None  # that request (pipelined data may start the next one)
 

@@ -26,6 +26,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, render_templat
 from sqlalchemy.engine import Engine
 
 from squeezesam.backend.annotators import AnnotatorNames
+from squeezesam.backend.csv_cells import safe_cell
 from squeezesam.backend.dashboard import figures
 from squeezesam.backend.progress import read_progress
 from squeezesam.backend.store.reads import reading
@@ -82,14 +83,36 @@ def init_dashboard(
     app.register_blueprint(bp)
 
 
+# script and styles from our own static files only; `style-src-attr` for the progress
+# bars' width attribute; no frames (clickjacking), no forms to elsewhere, no plugins
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    """CSP and no framing on every dashboard answer (nosniff: app.py, on every answer)."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _sources() -> Sources:
     return current_app.extensions[EXTENSION]
 
 
 def _period() -> figures.Period:
     try:
+        max_days = getattr(_sources().settings, "dashboard_max_days", figures.MAX_DAYS)
         return figures.Period.parse(
-            request.args.get("project"), request.args.get("from"), request.args.get("to")
+            request.args.get("project"),
+            request.args.get("from"),
+            request.args.get("to"),
+            max_days=max_days,
         )
     except ValueError as exc:
         abort(400, description=str(exc))
@@ -174,7 +197,8 @@ def table_csv(name: str) -> Response:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:  # nested values (training metrics) as JSON text in one cell
-            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
+            # (formula-like text gets a leading ': csv_cells.py)
+            writer.writerow({k: safe_cell(json.dumps(v) if isinstance(v, dict | list) else v)
                              for k, v in row.items()})  # fmt: skip
     project = data["project"] if data["project"] is not None else "all"
     filename = f"squeezesam_{name}_project{project}_{data['from'][:10]}_{data['to'][:10]}.csv"

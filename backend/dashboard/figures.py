@@ -41,6 +41,7 @@ from squeezesam.backend.store.reads import projects, reading
 from squeezesam.backend.store.runs import training_runs
 
 DEFAULT_DAYS = 7
+MAX_DAYS = 366  # the default of DASHBOARD_MAX_DAYS
 __all__ = ["TABLES", "Period", "compute", "projects"]
 
 
@@ -55,31 +56,55 @@ class Period(Span):
         start: str | None,
         end: str | None,
         now: dt.datetime | None = None,
+        max_days: int = MAX_DAYS,
     ) -> Period:
         """`from`/`to` as YYYY-MM-DD (whole days, `to` inclusive) or ISO times, UTC.
 
-        Defaults: the last DEFAULT_DAYS days up to now. Raises ValueError on bad input.
-        """
+        Defaults: the last DEFAULT_DAYS days up to now. Raises ValueError on bad input,
+        on dates outside 0001..9999 and on a range longer than `max_days` (issue 20: an
+        unbounded range read, binned and sent centuries of hours)."""
         now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         stop = _parse_time(end, end_of_day=True) if end else now
-        begin = _parse_time(start) if start else stop - dt.timedelta(days=DEFAULT_DAYS)
+        try:
+            begin = _parse_time(start) if start else stop - dt.timedelta(days=DEFAULT_DAYS)
+        except OverflowError:
+            raise ValueError(f"'to' leaves no {DEFAULT_DAYS} days before it: give 'from'") from None
         if begin >= stop:
             raise ValueError(
                 f"'from' ({begin:%Y-%m-%d %H:%M}) must be before 'to' ({stop:%Y-%m-%d %H:%M})"
             )  # noqa: E501
-        pid = int(project) if project not in (None, "") else None
+        if stop - begin > dt.timedelta(days=max_days):
+            raise ValueError(
+                f"the range is {(stop - begin).days} days: at most {max_days} days "
+                "(DASHBOARD_MAX_DAYS); narrow 'from'/'to'"
+            )
+        pid = _project(project)
         return cls(pid, begin, stop)
 
 
+def _project(project: str | int | None) -> int | None:
+    if project in (None, ""):
+        return None
+    text = str(project).strip()
+    if not text.isdigit() or len(text) > 10 or not 0 < int(text) < 2**31:
+        raise ValueError(f"'project' must be a Label Studio project id, not {text[:20]!r}")
+    return int(text)
+
+
 def _parse_time(text: str, end_of_day: bool = False) -> dt.datetime:
+    """A UTC time; ValueError (never OverflowError) for anything outside 0001..9999."""
     try:
         value = dt.datetime.fromisoformat(text.strip())
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        if end_of_day and len(text.strip()) == 10:  # a bare date: include that whole day
+            value = min(value + dt.timedelta(days=1), dt.datetime.max)
+    except OverflowError:  # 9999-12-31 plus its day, or a timezone past year 9999
+        if end_of_day and text.strip().startswith("9999-12-31"):
+            return dt.datetime.max
+        raise ValueError(f"date out of range (years 1 to 9999): {text[:40]!r}") from None
     except ValueError:
-        raise ValueError(f"not a date (YYYY-MM-DD) or ISO time: {text!r}") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    if end_of_day and len(text.strip()) == 10:  # a bare date: include that whole day
-        value += dt.timedelta(days=1)
+        raise ValueError(f"not a date (YYYY-MM-DD) or ISO time: {text[:40]!r}") from None
     return value
 
 

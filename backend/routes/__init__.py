@@ -31,7 +31,10 @@ def backend() -> SqueezeSAMBackend:
 
 
 def json_body() -> dict:
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # JSON nested thousands deep: bad input, not a crash
+        raise PayloadError("the request body is nested too deeply", 400) from None
     if body is None:
         raise PayloadError("the request body is not valid JSON", 400)
     if not isinstance(body, dict):

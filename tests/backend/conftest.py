@@ -61,6 +61,7 @@ class FakeLabelStudio(ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []  # (path, Authorization)
         self.hang_once: dict[str, threading.Event] = {}  # path -> set when first hit
         self.special: dict[str, bytes] = {}
+        self.slow_seconds = 1.0  # /slow/<name>: the image after this long (a slow host)
 
     @property
     def url(self) -> str:
@@ -115,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if parts.path in self.server.special:
             return self._send(200, self.server.special[parts.path], "image/jpeg")
+        if parts.path.startswith("/slow/"):  # a slow plain host: every task takes a while
+            time.sleep(self.server.slow_seconds)
+            return self._file(parts.path.rsplit("/", 1)[-1])
         if parts.path.startswith("/public/"):  # a plain http(s) host: no auth
             return self._file(parts.path.rsplit("/", 1)[-1])
         if parts.path.startswith("/tasks/") and parts.path.endswith("/presign/"):

@@ -49,3 +49,32 @@ def test_a_no_op_job_round_trips_through_a_real_worker(settings, workers):
     dispatcher = Dispatcher(redis.Redis.from_url(settings.redis_url), settings)
     outcome = dispatcher.run("interactive", jobs.ping, None, 30)
     assert outcome == Outcome(200, "{}")
+
+
+def test_a_job_whose_key_expired_unstarted_is_not_ready_never_a_500(redis_server):
+    """Issue 20, item 2: a job that no worker started within its ttl loses its key in
+    Redis; rq's `get_status` then raises InvalidJobOperation, which used to escape as a
+    500 for the whole bulk request. It is a task that was not ready in time: 504, which
+    bulk /predict hands off (an item without result)."""
+    from squeezesam.backend.queues import PREANNOTATE, beat, enqueue, leave
+
+    connection = redis.Redis.from_url(redis_server.url)
+    dispatcher = Dispatcher(connection, Settings(redis_url=redis_server.url))
+    queue_name = f"{PREANNOTATE}-expiry-test"
+    beat(connection, "a-busy-worker", [queue_name])  # alive, just busy: no 503 path
+    job = enqueue(connection, queue_name, jobs.ping, None, job_timeout=10, result_ttl=60,
+                  failure_ttl=60, ttl=1)  # fmt: skip
+    stop = threading.Event()
+
+    def keep_beating() -> None:
+        while not stop.wait(0.5):
+            beat(connection, "a-busy-worker", [queue_name])
+
+    threading.Thread(target=keep_beating, daemon=True).start()
+    try:
+        outcome = dispatcher.wait(job, time.monotonic() + 3.0)
+    finally:
+        stop.set()
+        leave(connection, "a-busy-worker", [queue_name])
+    assert outcome.status == 504, outcome
+    assert "expired" in (outcome.error or "")

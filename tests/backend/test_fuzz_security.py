@@ -40,8 +40,11 @@ def basic(user: str, password: str) -> dict:
 
 @pytest.fixture(scope="module")
 def locked_app(settings, tmp_path_factory):
+    # no failed-auth rate limit here: every route is tried many times with bad credentials
+    # (the limit has its own test: test_hardening_requests.py)
     own = replace(settings, basic_auth_user=USER, basic_auth_pass=PASSWORD, webhook_secret=HOOK,
-                  data_dir=str(tmp_path_factory.mktemp("locked")))  # fmt: skip
+                  data_dir=str(tmp_path_factory.mktemp("locked")),
+                  auth_failures_per_minute=0)  # fmt: skip
     return create_app(own)
 
 

@@ -63,3 +63,26 @@ def test_a_dead_workers_job_is_requeued_while_retries_are_left(connection, retri
     assert job.get_status(refresh=True) == status
     assert not [e for e in connection.zrange(registry.key, 0, -1) if e.decode().startswith(job.id)]
     assert (job.id in queues.queue(connection, name).get_job_ids()) == (status == JobStatus.QUEUED)
+
+
+def test_a_jobs_description_names_its_function_never_its_image_reference(redis_server):
+    """Issue 20, item 9: rq's default description is the call with its arguments (the
+    image reference first, a presigned URL's signature included); it is stored in Redis
+    and shown by rq's tools. enqueue gives the function's name only."""
+    from squeezesam.backend.labelstudio import parse_label_config
+
+    connection = redis.Redis.from_url(redis_server.url)
+    ref = "https://bucket.example/cat.jpg?X-Amz-Signature=cafe0123secret"
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+        '<Label value="Person"/></BrushLabels></View>'
+    )
+    job = queues.enqueue(connection, fresh_queue(), jobs.preannotate_task,
+                         jobs.TaskJob(ref, config), job_timeout=10, result_ttl=10,
+                         failure_ttl=10, ttl=5)  # fmt: skip
+    try:
+        stored = Job.fetch(job.id, connection=connection)
+        assert stored.description == "squeezesam.backend.jobs.preannotate_task(...)"
+        assert b"bucket.example" not in connection.hget(job.key, "description")
+    finally:
+        job.delete()

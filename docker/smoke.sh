@@ -24,13 +24,15 @@
 #        logs; never inside the repository), SMOKE_KEEP=1 leaves the stack running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# rootful podman (debootstrap and runc need root): under sudo, with this PATH, so that
+# python3 is still the one with the project installed
+if [ "$(id -u)" != 0 ]; then exec sudo -E env PATH="$PATH" bash "$0" "$@"; fi
 T0=$(date +%s)
 WORK=${SMOKE_WORK:-/var/tmp/squeezesam-smoke}
 PROJECT=squeezesam-smoke
 COMPOSE_FILE=docker/compose.yaml
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
-SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 log() { echo "[smoke $(date +%T) +$(($(date +%s) - T0))s] $*"; }
 fail() { echo "SMOKE FAIL: $*" >&2; exit 1; }
 
@@ -38,8 +40,8 @@ fail() { echo "SMOKE FAIL: $*" >&2; exit 1; }
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null ||
    ! command -v debootstrap >/dev/null || [ ! -x /usr/libexec/podman/catatonit ]; then
   log "installing podman, runc, catatonit, debootstrap"
-  $SUDO apt-get update -q >"$LOGS/apt.log" 2>&1
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q podman runc catatonit debootstrap \
+  apt-get update -q >"$LOGS/apt.log" 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc catatonit debootstrap \
     >>"$LOGS/apt.log" 2>&1 || { tail -20 "$LOGS/apt.log"; fail "apt-get install"; }
 fi
 # runc (crun fails here: "cgroups in hybrid mode not supported"); podman's default
@@ -60,15 +62,17 @@ if [ ! -x "$PC" ]; then
 fi
 log "$(podman --version), runc $(runc --version | head -1 | awk '{print $3}'), $("$PC" --version 2>/dev/null | head -1)"
 
-## 2. base images (real or stand-in)
-bash docker/smoke/bases.sh "$WORK" || fail "base images"
-for image in docker.io/library/python:3.11.13-slim-bookworm docker.io/library/redis:7.2-alpine \
-             docker.io/heartexlabs/label-studio:1.23.2; do
-  kind=$(podman image inspect --format '{{index .Labels "squeezesam.standin"}}' "$image")
-  log "base $image: $([ "$kind" = true ] && echo 'STAND-IN (built here)' || echo real)"
-done
+## 2. base images (real or stand-in): Python now; Redis and Label Studio while ours build
+base_kind() {
+  kind=$(podman image inspect --format '{{index .Labels "squeezesam.standin"}}' "$1")
+  log "base $1: $([ "$kind" = true ] && echo 'STAND-IN (built here)' || echo real)"
+}
+bash docker/smoke/bases.sh "$WORK" python || fail "the Python base image"
+base_kind docker.io/library/python:3.11.13-slim-bookworm
+bash docker/smoke/bases.sh "$WORK" services >"$LOGS/bases-services.log" 2>&1 &
+services_pid=$!
 
-## 3. our two images, built once each, in parallel
+## 3. our two images, built once each, in parallel (and with the services' bases)
 train_args=()
 if ! curl -sf -m 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
   # the CPU index is out of reach: the wheel `pip install torch==2.13.0` takes here
@@ -88,6 +92,10 @@ podman build --format docker -f docker/Dockerfile.train "${train_args[@]}" \
   -t localhost/squeezesam-train:latest . >"$LOGS/build-squeezesam-train.log" 2>&1 ||
   { tail -30 "$LOGS/build-squeezesam-train.log"; fail "build docker/Dockerfile.train"; }
 wait "$web_build" || { tail -30 "$LOGS/build-squeezesam.log"; fail "build docker/Dockerfile"; }
+wait "$services_pid" || { cat "$LOGS/bases-services.log"; fail "the Redis and Label Studio base images"; }
+cat "$LOGS/bases-services.log"
+base_kind docker.io/library/redis:7.2-alpine
+base_kind docker.io/heartexlabs/label-studio:1.23.2
 for image in squeezesam squeezesam-train; do
   hc=$(podman image inspect --format '{{json .Config.Healthcheck.Test}}' "localhost/$image:latest")
   [ "$hc" != null ] || fail "$image has lost its HEALTHCHECK"
@@ -132,6 +140,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # CI's timeout: clean up too
 log "up (project $PROJECT, profile labelstudio; Label Studio on :$LS_PORT, backend on :$BACKEND_PORT)"
 compose up -d --no-build >"$LOGS/up.log" 2>&1 || { tail -30 "$LOGS/up.log"; fail "compose up"; }
 containers=$(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}' | sort)

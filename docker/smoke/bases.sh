@@ -11,10 +11,12 @@
 # import`). Outgoing TLS may be intercepted: the machine's CA certificates
 # (/usr/local/share/ca-certificates/*.crt) go into the stand-ins that pip installs with.
 #
-# usage: docker/smoke/bases.sh WORKDIR   (root; WORKDIR outside the repository)
+# usage: docker/smoke/bases.sh WORKDIR [python|services|all]   (root; WORKDIR outside the
+#        repository; python: the Python base only, services: Redis and Label Studio)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-WORK=${1:?usage: $0 WORKDIR}
+WORK=${1:?usage: $0 WORKDIR [python|services|all]}
+PHASE=${2:-all}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PY=docker.io/library/python:3.11.13-slim-bookworm
 REDIS=docker.io/library/redis:7.2-alpine
@@ -46,7 +48,7 @@ minbase() {
   fi
   # debootstrap leaves the host's resolv.conf/hostname; podman supplies its own
   rm -f "$WORK/rootfs/etc/resolv.conf" "$WORK/rootfs/etc/hostname" "$WORK/rootfs/.complete"
-  tar -C "$WORK/rootfs" -c . | podman import --change 'CMD ["bash"]' - "$MINBASE" >/dev/null
+  tar -C "$WORK/rootfs" -c . | podman import -q --change 'CMD ["bash"]' - "$MINBASE" >/dev/null
   touch "$WORK/rootfs/.complete"
   log "imported $MINBASE"
 }
@@ -70,22 +72,20 @@ build() {  # build TAG CONTAINERFILE [podman build args...]
   log "built $tag"
 }
 
+# python first (our images and the Label Studio stand-in build on it), then the services'
 need_py=0 need_redis=0 need_ls=0
-pulled "$PY" || need_py=1
-pulled "$REDIS" || need_redis=1
-pulled "$LS" || need_ls=1
+if [ "$PHASE" != services ]; then
+  pulled "$PY" || need_py=1
+fi
+if [ "$PHASE" != python ]; then
+  pulled "$REDIS" || need_redis=1
+  pulled "$LS" || need_ls=1
+fi
 [ $((need_py + need_redis + need_ls)) = 0 ] || minbase
 [ $need_py = 0 ] || build "$PY" python.Containerfile
 # Label Studio's install reuses pip's download cache of the host (the e2e step's venv)
 pipcache=$(python3 -m pip cache dir 2>/dev/null || true)
 cache_args=()
 if [ -n "$pipcache" ] && [ -d "$pipcache" ]; then cache_args=(--volume "$pipcache:/root/.cache/pip"); fi
-if [ $need_redis = 1 ] && [ $need_ls = 1 ]; then
-  build "$REDIS" redis.Containerfile &
-  redis_pid=$!
-  build "$LS" labelstudio.Containerfile "${cache_args[@]}"
-  wait "$redis_pid"
-else
-  [ $need_redis = 0 ] || build "$REDIS" redis.Containerfile
-  [ $need_ls = 0 ] || build "$LS" labelstudio.Containerfile "${cache_args[@]}"
-fi
+[ $need_redis = 0 ] || build "$REDIS" redis.Containerfile
+[ $need_ls = 0 ] || build "$LS" labelstudio.Containerfile "${cache_args[@]}"

@@ -5,7 +5,9 @@ non-ASCII Basic username/password or X-Webhook-Secret was a 500 with a traceback
 request (log flooding), and a non-ASCII configured password locked everyone out. Here
 both sides are compared as bytes: the configured secret as UTF-8, a header as the bytes
 that came over the wire (WSGI hands them over decoded as latin-1), Basic credentials as
-werkzeug decoded them (UTF-8; credentials that are not UTF-8 are no credentials)."""
+werkzeug decoded them (UTF-8; credentials that are not UTF-8 are no credentials).
+
+`FailureLimiter`: failed Basic auth is rate limited per client address (issue 20)."""
 
 from __future__ import annotations
 

@@ -62,9 +62,15 @@ def seed_week(store: Store) -> None:
                                    model_version=version))  # fmt: skip
                 for k in range(n_obj):
                     origin = "prediction" if rng.random() < 1.1 - effort else "prediction-changed"
+                    # the store matched each object to the region it served: the final mask's
+                    # IoU with it (1.0: kept as served; lower: corrected)
+                    start_iou = 1.0 if origin == "prediction" else rng.uniform(0.55, 0.9)
+                    )
                     o_rows.append(dict(annotation_id=aid, number=k + 1, label="Person", width=8,
-                                       height=8, area=10, mask_path="x.png",
-                                       origin=origin))  # fmt: skip
+                                       height=8, area=10, mask_path="x.png", origin=origin,
+                                       start_iou=start_iou, start_model_version=version,
+                                       start_kind="preannotation",
+                                       start_label="Person"))  # fmt: skip
                 for k in range(round(n_obj * rng.uniform(1, 5) * effort)):
                     c_rows.append(dict(project_id=3, task_id=aid, region_id=f"k{k}", x=1.0,
                                        y=1.0, is_positive=True, model_version=version,

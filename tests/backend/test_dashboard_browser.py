@@ -65,7 +65,6 @@ def seed_week(store: Store) -> None:
                     # the store matched each object to the region it served: the final mask's
                     # IoU with it (1.0: kept as served; lower: corrected)
                     start_iou = 1.0 if origin == "prediction" else rng.uniform(0.55, 0.9)
-                    )
                     o_rows.append(dict(annotation_id=aid, number=k + 1, label="Person", width=8,
                                        height=8, area=10, mask_path="x.png", origin=origin,
                                        start_iou=start_iou, start_model_version=version,

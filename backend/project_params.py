@@ -3,8 +3,9 @@
 A lead types a JSON object into *Project → Settings → Model → (the backend) → Extra
 params*; Label Studio sends it as `extra_params` with every `/setup` (on connect, on
 saving the model settings, and before every bulk predict; capture 04 shows the field,
-null there). Keys (any other key is a 422 naming it, which Label Studio shows on the
-model card and which stops its predictions until fixed):
+null there). Keys (any other key is a 422 naming it: Label Studio 1.23 refuses to save
+settings whose /setup fails, showing the message; params that turn bad later put the
+backend in the Error state, the message on the model card, no predictions until fixed):
 
 | key | value | default | effect |
 | --- | --- | --- | --- |

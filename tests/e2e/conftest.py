@@ -209,7 +209,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                  "seconds": time.monotonic() - started}
             )  # fmt: skip
         try:
-            self.send_response(upstream.status_code)
+            # our reason phrase too: Label Studio keeps only `str(HTTPError)`, which holds it
+            self.send_response(upstream.status_code, upstream.reason)
             self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/plain"))
             self.send_header("Content-Length", str(len(upstream.content)))
             self.end_headers()

@@ -514,7 +514,15 @@ def test_the_unit_test_payload_fixtures_match_the_live_server(project):
 def test_extra_params_set_in_label_studio_shape_its_pre_annotation(labelstudio, backend):
     """Extra params saved through Label Studio's own API reach our /setup (Label Studio
     sends them), change what Retrieve Predictions stores, and a bad one is refused where
-    the lead sees it: the ML backend's state and error message in Label Studio."""
+    the lead sees it: Label Studio's answer to saving the model settings names the key.
+
+    Edits go the way Label Studio 1.23's *Edit Model* form sends them (web app:
+    `updateMLBackend` is `PATCH /api/ml/:pk` with every field of `CustomBackendForm`,
+    the Extra params as the typed text). Its `MLBackendSerializer.validate` runs
+    `MLBackend.healthcheck_(**attrs)` and `setup_(**attrs)` on the request's fields even
+    for a PATCH, so `url` and `project` must be in the body (without them: 500, missing
+    `url`), and a /setup that refuses the params makes the save a 400 carrying our
+    reason, leaving the saved settings as they were."""
     ls, images = labelstudio, pick_images()
     body = {"title": "SqueezeSAM e2e Extra params", "label_config": CONFIG.read_text()}
     pid = ls.api("POST", "/api/projects", json=body)["id"]
@@ -546,14 +554,27 @@ def test_extra_params_set_in_label_studio_shape_its_pre_annotation(labelstudio, 
     assert all(len(found) <= 1 and set(found) <= {"Pet"} for found in labels.values()), labels
     assert any(labels[t] == ["Pet"] for t, label in truth.items() if label == "Pet"), labels
 
-    # a typo: Label Studio shows our 422 on the model card and predicts nothing
-    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"extra_params": {"min_scor": 0.5}})
+    def save_settings(extra: str, expect: int = 200):
+        form = {"project": pid, "title": "squeezesam", "url": backend.url, "auth_method": "NONE",
+                "extra_params": extra, "is_interactive": True}  # fmt: skip
+        return ls.api("PATCH", f"/api/ml/{ml['id']}", json=form, expect=expect)
+
+    def last_setup() -> dict:
+        return [r for r in backend.proxy.seen("/setup")
+                if str(r["body"].get("project", "")).startswith(f"{pid}.")][-1]  # fmt: skip
+
+    # a typo: Label Studio refuses the save with our 422's reason; the settings stay
+    refused = save_settings('{"min_scor": 0.5}', expect=400)
+    assert "min_scor" in json.dumps(refused), refused
+    assert last_setup()["status"] == 422 and "min_scor" in json.dumps(last_setup()["answer"])
     card = ls.api("GET", f"/api/ml/{ml['id']}")
-    assert card["state"] == "ER" and "min_scor" in (card["error_message"] or ""), card
+    assert card["state"] == "CO" and card["extra_params"] == params, card
 
     # pre-annotation off: Retrieve Predictions stores nothing
-    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"extra_params": {"zero_click": False}})
-    assert ls.api("GET", f"/api/ml/{ml['id']}")["state"] == "CO"
+    save_settings('{"zero_click": false}')
+    card = ls.api("GET", f"/api/ml/{ml['id']}")
+    assert card["state"] == "CO" and last_setup()["status"] == 200, card
+    assert json.loads(last_setup()["body"]["extra_params"]) == {"zero_click": False}
     ls.api("POST", f"/api/dm/actions?id=delete_tasks_predictions&project={pid}",
            json={"selectedItems": {"all": False, "included": list(truth)}})  # fmt: skip
     retrieve()

@@ -8,7 +8,10 @@ leaves one access-log line (`squeezesam.access`: method, route pattern, status, 
 
 Guards: HTTP Basic auth (BASIC_AUTH_USER/BASIC_AUTH_PASS) on every endpoint but
 OPEN_ENDPOINTS: `/health` (also at `/`), and `/webhook`, which has its own secret (Label Studio's
-auto-created webhook sends no Basic auth).
+auto-created webhook sends no Basic auth). With WEBHOOK_SECRET set, `/webhook` takes either
+that secret's header or the Basic auth pair: Label Studio 1.23 sends Start Training
+(`START_TRAINING`) through its ML connector (`ml/api_connector.py`, `MLApi.train`), with
+the model's Basic auth and never the webhook's headers (`_webhook_auth`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import redis
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from squeezesam.backend.auth import FailureLimiter, basic_auth_ok
+from squeezesam.backend.auth import FailureLimiter, basic_auth_ok, webhook_secret_ok
 from squeezesam.backend.dashboard import init_dashboard
 from squeezesam.backend.labelstudio import PayloadError
 from squeezesam.backend.metrics import register_metrics
 from squeezesam.backend.model import SqueezeSAMBackend
 from squeezesam.backend.routes import BACKEND, SERVICES, admin, error, predict, webhook
+from squeezesam.backend.routes.webhook import WEBHOOK_SECRET_HEADER
 from squeezesam.backend.services import ServiceError, Services
 from squeezesam.backend.settings import Settings
 
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("squeezesam.access")
 
 OPEN_ENDPOINTS = {"predict.health", "webhook.webhook"}  # webhook: its own secret
+WEBHOOK_ENDPOINT = "webhook.webhook"
 REDIS_RETRY_AFTER = 2  # seconds: a Redis restart (embedded or not) takes about that
 
 
@@ -65,6 +70,8 @@ def _add_guards(app: Flask, settings: Settings) -> None:
         too_large = _too_large(settings.max_request_bytes)  # before auth, body unread
         if too_large is not None:
             return too_large
+        if request.endpoint == WEBHOOK_ENDPOINT:
+            return _webhook_auth(settings, limiter)
         if settings.basic_auth_enabled and request.endpoint not in OPEN_ENDPOINTS:
             return _basic_auth(settings, limiter)
         return None
@@ -120,11 +127,9 @@ def _basic_auth(settings: Settings, limiter: FailureLimiter) -> Response | None:
     """None when the credentials are right; 401, or 429 past AUTH_FAILURES_PER_MINUTE
     failures of this client address."""
     address = request.remote_addr or ""
-    wait = limiter.retry_after(address)
-    if wait:
-        response = error(f"too many failed logins from {address}: retry in {wait} s", 429)
-        response.headers["Retry-After"] = str(wait)
-        return response
+    limited = _limited(limiter, address)
+    if limited is not None:
+        return limited
     auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
     if basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass):
         return None
@@ -132,6 +137,40 @@ def _basic_auth(settings: Settings, limiter: FailureLimiter) -> Response | None:
     response = error("HTTP Basic authentication required", 401)
     response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
     return response
+
+
+def _limited(limiter: FailureLimiter, address: str) -> Response | None:
+    """429 with Retry-After while `address` has spent its failed logins."""
+    wait = limiter.retry_after(address)
+    if not wait:
+        return None
+    response = error(f"too many failed logins from {address}: retry in {wait} s", 429)
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _webhook_auth(settings: Settings, limiter: FailureLimiter) -> Response | None:
+    """`/webhook` with WEBHOOK_SECRET set: None for the right `X-Webhook-Secret` header
+    (Label Studio's project webhook: annotations, new tasks) or, with Basic auth
+    configured, the right Basic pair (its ML connector: Start Training, which carries the
+    model's Basic auth and no webhook header); else 403. Wrong Basic credentials count
+    against the client's failed-login limit like on every other route (429 once spent,
+    also for a right pair); a right header is never limited."""
+    secret = settings.webhook_secret
+    if not secret:
+        return None  # not configured: open (serve warns when it listens beyond loopback)
+    if webhook_secret_ok(request.headers.get(WEBHOOK_SECRET_HEADER), secret):
+        return None
+    if settings.basic_auth_enabled and "Authorization" in request.headers:
+        address = request.remote_addr or ""
+        limited = _limited(limiter, address)
+        if limited is not None:
+            return limited
+        pair = (settings.basic_auth_user, settings.basic_auth_pass)
+        if basic_auth_ok(request.authorization, *pair):  # any bytes: a 4xx, never a 500
+            return None
+        limiter.failed(address)
+    return error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header (or Basic auth)", 403)
 
 
 def _access_line(status: int, elapsed_ms: float) -> None:

@@ -120,13 +120,14 @@ class EmbeddedRedis:
                 except Exception as exc:  # try again on the next check
                     log.error("embedded redis-server restart failed: %s", exc)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """SIGTERM (redis flushes the append-only file and exits); SIGKILL after `timeout`."""
         self._closing.set()
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
-                self._proc.terminate()  # SIGTERM: redis flushes the append-only file and exits
+                self._proc.terminate()
                 try:
-                    self._proc.wait(timeout=10)
+                    self._proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()

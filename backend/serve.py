@@ -4,7 +4,7 @@
 set), then the web process, N interactive workers, one preannotate worker, one train
 worker and the training scheduler as subprocesses, and restarts any of them that dies
 (a killed worker's job is retried by the other workers; see dispatch.py). Ctrl-C or
-SIGTERM stops everything.
+SIGTERM stops everything within docker stop's 10 s (supervisor.py).
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.supervisor import EXIT_PORT_BUSY, REDIS_GRACE, Supervisor
 from squeezesam.backend.webserver import web_server
 
 log = logging.getLogger("squeezesam.serve")
-
-RESTART_DELAY = 1.0  # seconds before restarting a dead child (no busy crash loop)
-EXIT_PORT_BUSY = 3  # `web` could not bind its port: `serve` stops instead of restarting it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -225,54 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         code = supervisor.run()
     finally:
-        supervisor.stop()
+        supervisor.stop()  # bounded: within docker stop's 10 s (supervisor.py)
         if embedded is not None:
-            embedded.close()
+            embedded.close(timeout=REDIS_GRACE)
     return code
-
-
-class Supervisor:
-    """Starts the children, restarts the ones that die, stops them all on a signal."""
-
-    def __init__(self, commands: list[list[str]], env: dict[str, str]) -> None:
-        self.commands = commands
-        self.env = env
-        self.children: list[subprocess.Popen | None] = [None] * len(commands)
-        self.stopping = False
-
-    def _start(self, i: int) -> None:
-        self.children[i] = subprocess.Popen(self.commands[i], env=self.env)
-        log.info("started %s (pid %d)", " ".join(self.commands[i][3:]), self.children[i].pid)
-
-    def run(self) -> int:
-        def stop(signum, _frame):
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        for i in range(len(self.commands)):
-            self._start(i)
-        while not self.stopping:
-            time.sleep(0.2)
-            for i, child in enumerate(self.children):
-                if child is not None and child.poll() is not None and not self.stopping:
-                    if child.returncode == EXIT_PORT_BUSY:  # taken since serve checked it
-                        return EXIT_PORT_BUSY
-                    log.warning("%s exited with %s: restarting", child.args[3], child.returncode)
-                    time.sleep(RESTART_DELAY)
-                    self._start(i)
-        return 0
-
-    def stop(self) -> None:
-        self.stopping = True
-        for child in self.children:
-            if child is not None and child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 10
-        for child in self.children:
-            if child is None:
-                continue
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()

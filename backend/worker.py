@@ -9,6 +9,14 @@ Liveness: each worker beats a heartbeat every second (queues.beat, from a daemon
 thread); the web process (dispatch.py) reads it through queues.alive_workers to see
 within seconds that the worker holding its job died, and re-enqueues the job.
 
+Shutdown: rq 3 polls its command channel (pubsub thread) with a 60 s timeout and, on
+exit, unsubscribes before stopping that thread; when the thread has already read the
+unsubscribe reply it waits up to 60 s for a new subscription, and redis-py 8's
+`PubSubWorkerThread.stop()` joins it without a timeout, so a SIGTERMed worker lingered
+(measured: 2 of 8 idle workers still there after 20 s; `serve` in a container was then
+SIGKILLed by `docker stop`). `WarmWorker.subscribe` polls every PUBSUB_POLL s instead:
+the thread sees the stop within that, and a worker exits in about a second.
+
 Model versions: the model served is the registry's active one (`Registry.active_path()`:
 a promoted fine-tuned version, else SQUEEZESAM_MODEL_PATH). A second daemon thread polls
 `Registry.watch_token()` (one stat + one tiny read) every MODEL_POLL_INTERVAL; when it
@@ -37,6 +45,8 @@ from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
+
+PUBSUB_POLL = 0.5  # seconds: how long a stopping worker may wait for rq's pubsub thread
 
 
 @dataclass
@@ -117,6 +127,16 @@ class WarmWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self._beating = threading.Event()
         self.follow_models = False  # set by run_worker on model-serving queues
+
+    def subscribe(self) -> None:
+        """rq's subscription to the worker's command channel (shutdown, stop a job), with
+        a PUBSUB_POLL s poll instead of rq 3's 60 s (see the module doc: shutdown)."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        handler = getattr(self, "_pubsub_exception_handler", None)  # rq >= 2.1
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL, daemon=True, exception_handler=handler
+        )
 
     def _beat_forever(self, connection: redis.Redis) -> None:
         names = [q.name for q in self.queues]

@@ -99,7 +99,8 @@ class Settings:
         "WEBHOOK_SECRET",
         "",
         "If set, `/webhook` requires the header `X-Webhook-Secret: <value>` "
-        "(add it as a header of the webhook in Label Studio).",
+        "(add it as a header of the webhook in Label Studio) or, with Basic auth set, "
+        "the Basic pair (Label Studio sends Start Training with only that).",
         secret=True,
     )
     image_allowed_hosts: tuple[str, ...] = _setting(

@@ -153,6 +153,16 @@ def test_compose_config_is_valid_for_the_compose_cli(tmp_path):
     )
     for name, svc in our_services(joined).items():
         assert svc["environment"]["LABEL_STUDIO_URL"] == "http://ls.example:8080", name
+    # the trainer's base data: an empty named volume by default, BASE_DATA a host folder
+    trainer = resolved["services"]["trainer"]
+    assert trainer["environment"]["TRAIN_BASE_DATA"] == "/base-data"
+    assert trainer["environment"]["REDIS_URL"] == "redis://redis:6379/0"  # merged, not lost
+    assert "base-data:/base-data:ro" in trainer["volumes"], trainer["volumes"]
+    mounted = yaml.safe_load(
+        _config(cli, COMPOSE_ENV | {"BASE_DATA": str(tmp_path)}, tmp_path).stdout
+    )["services"]["trainer"]["volumes"]
+    assert f"{tmp_path}:/base-data:ro" in mounted, mounted
+    assert {"labels:/data:rw", "registry:/registry:rw"} <= set(mounted), mounted
 
 
 @pytest.mark.parametrize("missing", SECRETS)
@@ -243,6 +253,28 @@ def test_compose_brings_up_the_whole_stack(compose):
         assert mounts.get(env["SQUEEZESAM_REGISTRY_DIR"]) == "registry", name
         assert env["REDIS_URL"] == "redis://redis:6379/0", name
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_the_trainer_gets_base_data_read_only(compose):
+    """TRAIN_BASE_DATA=/base-data, mounted read-only from BASE_DATA (a host folder, as
+    the project's ../shared/data) or an empty named volume; the backend's own two
+    volumes repeated (YAML merge is shallow); .env.example says how to mount the data."""
+    trainer = compose["services"]["trainer"]
+    assert trainer["environment"]["TRAIN_BASE_DATA"] == "/base-data"
+    web_env = compose["services"]["web"]["environment"]
+    for name in ("REDIS_URL", "SQUEEZESAM_DATA_DIR", "SQUEEZESAM_REGISTRY_DIR",
+                 "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):  # fmt: skip
+        assert trainer["environment"][name] == web_env[name], name
+    [base] = [v for v in trainer["volumes"] if v.endswith(":/base-data:ro")]
+    assert base == "${BASE_DATA:-base-data}:/base-data:ro", base
+    assert "base-data" in compose["volumes"]
+    assert {"labels:/data", "registry:/registry"} <= set(trainer["volumes"])
+    for name, svc in compose["services"].items():  # only the trainer trains
+        if name != "trainer":
+            assert "TRAIN_BASE_DATA" not in (svc.get("environment") or {}), name
+    text = ENV_EXAMPLE.read_text()
+    assert "BASE_DATA=" in text and "TRAIN_BASE_DATA" in text and "read-only" in text
+    assert "BASE_DATA" not in env_example(), "commented out: unset means no base data"
 
 
 def test_compose_sets_only_settings_the_backend_knows(compose):

@@ -17,6 +17,7 @@ import signal
 import sys
 
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.shutdown import STOP_GRACE, exit_within
 from squeezesam.backend.supervisor import EXIT_PORT_BUSY, REDIS_GRACE, Supervisor
 from squeezesam.backend.webserver import web_server
 
@@ -146,12 +147,18 @@ def cmd_web(args: argparse.Namespace) -> int:
         max_request_bytes=settings.max_request_bytes,
     )
     # SIGTERM (serve's supervisor, docker stop) ends waitress's loop like Ctrl-C, so the
-    # process exits normally and the recorder writes its pending click records (atexit)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # process exits normally and the recorder writes its pending click records (atexit);
+    # bounded (shutdown.py) for request threads still waiting on a job
+    signal.signal(signal.SIGTERM, _stop_web)
     log.info("web on http://%s:%s (%d threads)", args.host, server.effective_port,
              settings.web_threads)  # fmt: skip
     server.run()
     return 0
+
+
+def _stop_web(signum: int, frame: object) -> None:
+    exit_within(STOP_GRACE, "web")
+    sys.exit(0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

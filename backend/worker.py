@@ -42,6 +42,7 @@ from squeezesam.backend.queues import alive_workers as alive_workers  # docker h
 from squeezesam.backend.redis_conn import connect
 from squeezesam.backend.registry import Registry, model_registry
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.shutdown import STOP_GRACE, exit_within
 from squeezesam.models.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,12 @@ class WarmWorker(SimpleWorker):
         self.pubsub_thread = self.pubsub.run_in_thread(
             sleep_time=PUBSUB_POLL, daemon=True, exception_handler=handler
         )
+
+    def request_stop(self, signum, frame) -> None:
+        """rq's warm shutdown (finish the current job, then stop), bounded: a job still
+        running STOP_GRACE s after SIGTERM (a fine-tuning run) is cut off (shutdown.py)."""
+        exit_within(STOP_GRACE, f"worker {self.name}")
+        super().request_stop(signum, frame)
 
     def _beat_forever(self, connection: redis.Redis) -> None:
         names = [q.name for q in self.queues]

@@ -134,3 +134,61 @@ def test_the_supervisor_kills_a_child_that_ignores_sigterm_after_its_grace():
     assert stubborn_proc.returncode == -signal.SIGKILL
     assert polite_proc.returncode == -signal.SIGTERM
     assert CHILD_GRACE + KILL_WAIT + REDIS_GRACE < 10.0  # all inside docker stop's 10 s
+
+
+def test_a_worker_busy_with_a_long_job_exits_within_its_stop_grace(tmp_path, model_path):
+    """rq's warm shutdown waits for the current job (a fine-tuning run takes minutes);
+    the bound (shutdown.STOP_GRACE) ends the worker before docker stop's SIGKILL, with a
+    warning naming what was still running."""
+    from rq import Queue
+
+    from squeezesam.backend.shutdown import EXIT_STOPPED, STOP_GRACE
+
+    server = EmbeddedRedis(tmp_path / "redis", watchdog=False)
+    env = clean_env(tmp_path, model_path) | {"REDIS_URL": server.url}
+    log_path = tmp_path / "worker.log"
+    connection = redis.Redis.from_url(server.url)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "squeezesam.backend.cli", "worker",
+                                 "--queues", "train"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        job = Queue("train", connection=connection).enqueue("time.sleep", 120)
+        deadline = time.monotonic() + 120
+        while job.get_status(refresh=True) != "started":
+            assert time.monotonic() < deadline, "the job did not start"
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+    text = log_path.read_text()
+    assert STOP_GRACE - 0.5 < took < STOP_GRACE + 2.0, (took, text[-3000:])
+    assert proc.returncode == EXIT_STOPPED, text[-3000:]
+    assert "after SIGTERM" in text, text[-3000:]
+
+
+def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
+    """What a web process stuck in a request thread looks like: SIGTERM's sys.exit would
+    wait for that thread forever; the bound ends it after its grace."""
+    code = (
+        "import logging, sys, threading, time\n"
+        "from squeezesam.backend.shutdown import exit_within\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
+        "exit_within(0.5, 'web')\n"
+        "sys.exit(0)\n"
+    )
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    took = time.monotonic() - t0
+    assert result.returncode == 143 and took < 10, (took, result.stderr)
+    assert "web still running 0 s after SIGTERM (threads: " in result.stderr
+    assert "stuck-request" in result.stderr

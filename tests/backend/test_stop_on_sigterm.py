@@ -52,6 +52,20 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> N
     raise TimeoutError("serve did not answer /health")
 
 
+def sigterm_and_time(proc: subprocess.Popen) -> float:
+    """SIGTERM `proc` and return the seconds until it exited (at most 30 s waited)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    return time.monotonic() - t0
+
+
+def kill_if_alive(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_serve_exits_within_8_s_of_sigterm_without_killing_a_child(attempt, tmp_path, model_path):
     port = free_port()
@@ -65,14 +79,9 @@ def test_serve_exits_within_8_s_of_sigterm_without_killing_a_child(attempt, tmp_
         try:
             wait_healthy(port, proc)
             time.sleep(3)  # every worker idle in its dequeue, the model loaded
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-            took = time.monotonic() - t0
+            took = sigterm_and_time(proc)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_alive(proc)
     text = log_path.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert took < SERVE_STOP_LIMIT, f"serve took {took:.1f} s to stop\n{text[-3000:]}"
@@ -109,9 +118,7 @@ def test_idle_workers_exit_within_3_s_of_sigterm(attempt, tmp_path, model_path):
         assert all(p.returncode == 0 for p in procs), [p.returncode for p in procs]
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_alive(proc)
         server.close()
 
 
@@ -159,14 +166,9 @@ def test_a_worker_busy_with_a_long_job_exits_within_its_stop_grace(tmp_path, mod
             assert time.monotonic() < deadline, "the job did not start"
             assert proc.poll() is None, log_path.read_text()[-3000:]
             time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        took = time.monotonic() - t0
+        took = sigterm_and_time(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_alive(proc)
         server.close()
     text = log_path.read_text()
     assert STOP_GRACE - 0.5 < took < STOP_GRACE + 2.0, (took, text[-3000:])

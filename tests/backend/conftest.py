@@ -28,6 +28,8 @@ from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store, engine_url
 from squeezesam.backend.store.schema import metadata
 
+from .ls_standin import StandInLabelStudio
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for servers a test starts itself)."""
@@ -267,6 +269,17 @@ def load_capture(name_glob: str) -> list[dict]:
     if not files:
         pytest.skip(f"no Label Studio captures matching {name_glob} in {CAPTURES}")
     return [json.loads(f.read_text()) | {"file": f.name} for f in files]
+
+
+@pytest.fixture(scope="module")
+def standin(sample_images):
+    """A stand-in Label Studio (ls_standin.py) serving the sample images as tasks of a
+    project with the shipped labeling config; one per test module that asks for it."""
+    config = Path(__file__).resolve().parents[2] / "annotation_configs" / "people_pets.xml"
+    server = StandInLabelStudio({p.name: p.read_bytes() for p in sample_images},
+                                config.read_text())  # fmt: skip
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,18 +21,11 @@ from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.store import Store
 
 from .conftest import WorkerPool, keypoint, load_capture, make_settings
-from .ls_standin import TOKEN, StandInLabelStudio
+from .ls_standin import TOKEN
 from .test_preannotate import CONFIG, run_project
 
 SCHEMES = ["s3", "gs", "azure-blob"]
 _projects = iter(range(20_000, 30_000))
-
-
-@pytest.fixture(scope="module")
-def standin(sample_images):
-    server = StandInLabelStudio({p.name: p.read_bytes() for p in sample_images}, CONFIG)
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,10 @@ from squeezesam.backend.preannotate import enqueue_tasks
 from squeezesam.backend.redis_conn import EmbeddedRedis
 
 from .conftest import WorkerPool, make_settings
-from .ls_standin import TOKEN, StandInLabelStudio
+from .ls_standin import TOKEN
 from .test_preannotate import CONFIG, run_project
 
 _projects = iter(range(30_000, 40_000))
-
-
-@pytest.fixture(scope="module")
-def standin(sample_images):
-    server = StandInLabelStudio({p.name: p.read_bytes() for p in sample_images}, CONFIG)
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

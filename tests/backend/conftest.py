@@ -297,6 +297,23 @@ def click_body(label_config: str, image: str, regions: list[dict]) -> dict:
     }
 
 
+def click_until_served(url: str, body: dict, timeout: float = 120.0):
+    """POST the click `body` to `url`/predict until a starting `squeezesam serve` answers
+    200 (no /setup first: Label Studio's interactive calls skip it); that response."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = requests.post(f"{url}/predict", json=body, timeout=30)
+            if response.status_code == 200:
+                return response
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "serve did not come up"
+        time.sleep(1)
+
+
 def keypoint(x: float, y: float, w: int, h: int, positive=True, label="Person") -> dict:
     return {
         "original_width": w,

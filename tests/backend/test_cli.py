@@ -13,7 +13,14 @@ from squeezesam.backend.cli import build_parser
 from squeezesam.backend.settings import Settings
 from squeezesam.backend.store import Store
 
-from .conftest import LEGACY_TOKEN, click_body, free_port, keypoint, upload_ref
+from .conftest import (
+    LEGACY_TOKEN,
+    click_body,
+    click_until_served,
+    free_port,
+    keypoint,
+    upload_ref,
+)
 
 
 def test_commands_are_registered_by_modules():
@@ -42,16 +49,7 @@ def test_serve_alone_brings_up_redis_web_and_workers(
         image = sample_images[0]
         w, h = Image.open(image).size
         body = click_body(label_config, upload_ref(image), [keypoint(50, 50, w, h)])
-        deadline = time.monotonic() + 120
-        while True:  # no /setup first: Label Studio's interactive calls skip it
-            try:
-                response = requests.post(f"http://127.0.0.1:{port}/predict", json=body, timeout=30)
-                if response.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(1)
+        response = click_until_served(f"http://127.0.0.1:{port}", body)
         assert response.json()["results"][0]["result"]
     finally:
         proc.send_signal(signal.SIGTERM)

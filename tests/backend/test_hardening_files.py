@@ -24,6 +24,7 @@ from squeezesam.backend.redis_conn import EmbeddedRedis
 from .conftest import (
     LEGACY_TOKEN,
     click_body,
+    click_until_served,
     free_port,
     keypoint,
     load_capture,
@@ -64,16 +65,7 @@ def test_serve_writes_owner_only_files_in_owner_only_folders(
         image = sample_images[0]
         w, h = Image.open(image).size
         body = click_body(label_config, upload_ref(image), [keypoint(50, 50, w, h)])
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                response = requests.post(f"{url}/predict", json=body, timeout=30)
-                if response.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(1)
+        click_until_served(url, body)
         webhook = load_capture("62_*__ml_webhook.json")[0]["request"]["body"]
         answer = requests.post(f"{url}/webhook", json=webhook, timeout=30)
         assert answer.status_code in (200, 201), answer.text

@@ -29,6 +29,7 @@ from squeezesam.backend.store import Store, engine_url
 from squeezesam.backend.store.schema import metadata
 
 from .ls_standin import StandInLabelStudio
+from .payloads import click_body, keypoint, rectangle  # noqa: F401 (re-exported to the tests)
 
 
 def free_port() -> int:
@@ -287,16 +288,6 @@ def label_config() -> str:
     return load_capture("04_*__ml_setup.json")[0]["request"]["body"]["schema"]
 
 
-def click_body(label_config: str, image: str, regions: list[dict]) -> dict:
-    """An interactive /predict body shaped like capture 56."""
-    return {
-        "tasks": [{"id": 1, "data": {"image": image}, "annotations": [], "predictions": []}],
-        "project": "1.1",
-        "label_config": label_config,
-        "params": {"login": None, "password": None, "context": {"result": regions}},
-    }
-
-
 def click_until_served(url: str, body: dict, timeout: float = 120.0):
     """POST the click `body` to `url`/predict until a starting `squeezesam serve` answers
     200 (no /setup first: Label Studio's interactive calls skip it); that response."""
@@ -312,36 +303,6 @@ def click_until_served(url: str, body: dict, timeout: float = 120.0):
             pass
         assert time.monotonic() < deadline, "serve did not come up"
         time.sleep(1)
-
-
-def keypoint(x: float, y: float, w: int, h: int, positive=True, label="Person") -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.3, "keypointlabels": [label]},
-        "is_positive": positive,
-        "id": "kp",
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-    }
-
-
-def rectangle(x: float, y: float, bw: float, bh: float, w: int, h: int, label="Person") -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": bw, "height": bh, "rotation": 0,
-                  "rectanglelabels": [label]},
-        "id": "rc",
-        "from_name": "box",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "origin": "manual",
-    }  # fmt: skip
 
 
 def upload_ref(image: Path, project: int = 1) -> str:

@@ -478,12 +478,13 @@ def test_live_payloads_match_the_captures(project, path, kind, pick, pattern, tm
 
 
 def test_the_unit_test_payload_fixtures_match_the_live_server(project):
-    """tests/backend builds interactive bodies with `click_body`/`keypoint`/`rectangle`:
+    """tests/backend builds interactive bodies with `click_body`/`keypoint`/`rectangle`
+    (tests/backend/payloads.py):
     every key they use is one the live Label Studio sent (nothing invented)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "backend_fixtures", REPO / "tests" / "backend" / "conftest.py"
+        "backend_payloads", REPO / "tests" / "backend" / "payloads.py"
     )
     fixtures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fixtures)

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from squeezesam.backend import jobs, preannotate, results_cache
+from squeezesam.backend import jobs, preannotate, results_cache, webhooks
 from squeezesam.backend.dispatch import Dispatcher
 from squeezesam.backend.labelstudio import PayloadError, ProjectConfig, task_image
 from squeezesam.backend.queues import PREANNOTATE
@@ -37,10 +37,13 @@ HANDED_OFF = 504  # the Outcome status of a task that ran out of time
 
 
 def project_id_of(body: dict[str, Any], tasks: list[Any]) -> int | None:
-    """Label Studio sends `"project": "<id>.<created timestamp>"`; tasks carry `project`."""
-    raw = body.get("project")
-    if isinstance(raw, str) and raw.split(".", 1)[0].isdigit():
-        return int(raw.split(".", 1)[0])
+    """Label Studio sends `"project": "<id>.<created timestamp>"`; tasks carry `project`.
+    The body's value is read by the webhooks' one project parser; None when neither
+    names a project."""
+    try:
+        return webhooks.project_id_of(body.get("project"))
+    except PayloadError:
+        pass
     for task in tasks:
         if isinstance(task, dict) and isinstance(task.get("project"), int):
             return task["project"]

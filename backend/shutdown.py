@@ -13,22 +13,31 @@ the worker's heartbeat is gone.
 
 from __future__ import annotations
 
-import logging
+import faulthandler
 import os
 import threading
-
-log = logging.getLogger(__name__)
+import time
 
 # seconds from SIGTERM to the forced exit: under supervisor.CHILD_GRACE (6 s) so serve's
 # supervisor never has to SIGKILL a child, and well under docker stop's 10 s
 STOP_GRACE = 5.0
 EXIT_STOPPED = 143  # 128 + SIGTERM: what a process ended by SIGTERM reports
+# seconds after STOP_GRACE for the C-level backstop (faulthandler): still under docker
+# stop's 10 s, and it exits with 1 after dumping every thread's stack to stderr
+BACKSTOP = 2.0
 
 _started = threading.Event()
 
 
 def exit_within(seconds: float, what: str) -> None:
-    """Start (once) a daemon timer that ends the process `seconds` from now."""
+    """Start (once) a daemon timer that ends the process `seconds` from now.
+
+    The expiry takes no lock the rest of the process may hold: its warning is written
+    straight to file descriptor 2 (not through `logging`, whose handler lock a thread
+    stuck writing to a full stderr pipe would hold forever) and the exit is `os._exit`.
+    A second, C-level bound (`faulthandler`, its own watchdog thread, no GIL needed)
+    dumps every thread's stack and exits BACKSTOP s later, should the Python timer
+    itself never get to run."""
     if _started.is_set():
         return
     _started.set()
@@ -37,14 +46,24 @@ def exit_within(seconds: float, what: str) -> None:
         running = sorted(
             t.name for t in threading.enumerate() if t is not threading.current_thread()
         )
-        log.warning(
-            "%s still running %.0f s after SIGTERM (threads: %s): exiting now",
-            what, seconds, ", ".join(running),
-        )  # fmt: skip
-        logging.shutdown()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        _write_stderr(
+            f"{stamp} {os.getpid()} {__name__} WARNING {what} still running {seconds:.0f} s "
+            f"after SIGTERM (threads: {', '.join(running)}): exiting now\n"
+        )
         os._exit(EXIT_STOPPED)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
     timer.name = "stop-bound"
     timer.start()
+    faulthandler.dump_traceback_later(seconds + BACKSTOP, exit=True)
+
+
+def _write_stderr(text: str) -> None:
+    """Best effort, never blocking: a stderr pipe nobody drains must not hold the exit."""
+    try:
+        os.set_blocking(2, False)
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass

@@ -194,3 +194,48 @@ def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
     assert result.returncode == 143 and took < 10, (took, result.stderr)
     assert "web still running 0 s after SIGTERM (threads: " in result.stderr
     assert "stuck-request" in result.stderr
+
+
+def test_the_stop_bound_holds_while_a_thread_holds_the_log_handler_lock():
+    """A thread stuck inside a log write (stderr a pipe nobody drains: seen as a web
+    container SIGKILLed with no line after SIGTERM) holds the handler's lock; the bound's
+    warning does not go through `logging`, so the process still exits, and says why."""
+    code = (
+        "import logging, sys, threading, time\n"
+        "from squeezesam.backend.shutdown import exit_within\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "handler = logging.getLogger().handlers[0]\n"
+        "handler.acquire()  # as a thread blocked in handler.emit() holds it\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
+        "exit_within(0.5, 'web')\n"
+        "sys.exit(0)\n"
+    )
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    took = time.monotonic() - t0
+    assert result.returncode == 143 and took < 10, (took, result.stderr)
+    assert "web still running 0 s after SIGTERM" in result.stderr, result.stderr
+
+
+def test_a_process_whose_python_timer_cannot_run_is_ended_by_the_backstop():
+    """The C-level backstop (faulthandler) needs no GIL: a main thread that never gives
+    the GIL back (a C call holding it) is still ended BACKSTOP s after the bound, with
+    every thread's stack on stderr to show where it was stuck."""
+    code = (
+        "import sys, threading, time\n"
+        "from squeezesam.backend.shutdown import exit_within\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
+        "exit_within(0.5, 'web')\n"
+        "sys.setswitchinterval(1e6)  # the main thread keeps the GIL: the timer never runs\n"
+        "while True:\n"
+        "    pass\n"
+    )
+    from squeezesam.backend.shutdown import BACKSTOP
+
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    took = time.monotonic() - t0
+    assert result.returncode == 1 and took < 0.5 + BACKSTOP + 3, (took, result.stderr)
+    assert "Timeout" in result.stderr and "File " in result.stderr, result.stderr

@@ -176,6 +176,14 @@ def test_a_worker_busy_with_a_long_job_exits_within_its_stop_grace(tmp_path, mod
     assert "after SIGTERM" in text, text[-3000:]
 
 
+def run_timed(code: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `code` in a fresh interpreter; its result and how long it took."""
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    return result, time.monotonic() - t0
+
+
 def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
     """What a web process stuck in a request thread looks like: SIGTERM's sys.exit would
     wait for that thread forever; the bound ends it after its grace."""
@@ -187,10 +195,7 @@ def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
         "exit_within(0.5, 'web')\n"
         "sys.exit(0)\n"
     )
-    t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)  # fmt: skip
-    took = time.monotonic() - t0
+    result, took = run_timed(code)
     assert result.returncode == 143 and took < 10, (took, result.stderr)
     assert "web still running 0 s after SIGTERM (threads: " in result.stderr
     assert "stuck-request" in result.stderr
@@ -210,10 +215,7 @@ def test_the_stop_bound_holds_while_a_thread_holds_the_log_handler_lock():
         "exit_within(0.5, 'web')\n"
         "sys.exit(0)\n"
     )
-    t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)  # fmt: skip
-    took = time.monotonic() - t0
+    result, took = run_timed(code)
     assert result.returncode == 143 and took < 10, (took, result.stderr)
     assert "web still running 0 s after SIGTERM" in result.stderr, result.stderr
 
@@ -233,9 +235,6 @@ def test_a_process_whose_python_timer_cannot_run_is_ended_by_the_backstop():
     )
     from squeezesam.backend.shutdown import BACKSTOP
 
-    t0 = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)  # fmt: skip
-    took = time.monotonic() - t0
+    result, took = run_timed(code)
     assert result.returncode == 1 and took < 0.5 + BACKSTOP + 3, (took, result.stderr)
     assert "Timeout" in result.stderr and "File " in result.stderr, result.stderr

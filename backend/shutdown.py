@@ -22,9 +22,10 @@ import time
 # supervisor never has to SIGKILL a child, and well under docker stop's 10 s
 STOP_GRACE = 5.0
 EXIT_STOPPED = 143  # 128 + SIGTERM: what a process ended by SIGTERM reports
-# seconds after STOP_GRACE for the C-level backstop (faulthandler): still under docker
-# stop's 10 s, and it exits with 1 after dumping every thread's stack to stderr
-BACKSTOP = 2.0
+# seconds after STOP_GRACE for the C-level backstop (faulthandler), which exits with 1
+# after dumping every thread's stack to stderr: STOP_GRACE + BACKSTOP stays under serve's
+# supervisor.CHILD_GRACE (6 s), so the stacks reach the log before any SIGKILL
+BACKSTOP = 0.8
 
 _started = threading.Event()
 

@@ -233,7 +233,10 @@ def test_a_process_whose_python_timer_cannot_run_is_ended_by_the_backstop():
         "while True:\n"
         "    pass\n"
     )
-    from squeezesam.backend.shutdown import BACKSTOP
+    from squeezesam.backend.shutdown import BACKSTOP, STOP_GRACE
+    from squeezesam.backend.supervisor import CHILD_GRACE
+
+    assert STOP_GRACE + BACKSTOP < CHILD_GRACE  # the stacks reach the log before serve's SIGKILL
 
     result, took = run_timed(code)
     assert result.returncode == 1 and took < 0.5 + BACKSTOP + 3, (took, result.stderr)

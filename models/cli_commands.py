@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        metavar="MODEL|grabcut|zoom-in",
-        help="a second model, grabcut, or this model with --zoom-in, on the same objects: "
+        metavar="MODEL|grabcut|zoom-in|flip",
+        help="a second model, grabcut, or this model with --zoom-in or --flip, on the same "
+        "objects: "
         "paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
@@ -102,6 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zoom-in", action="store_true",
         help="corrective clicks on a crop around the object (RITM zoom-in; models/zoom.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip", action="store_true",
+        help="average each pass with one on the mirrored image (two passes a click)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

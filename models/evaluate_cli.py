@@ -23,6 +23,7 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
         args.saliency_size or None,
         not args.no_previous_mask,
         zoom_in=args.zoom_in,
+        flip=args.flip,
     )
 
 
@@ -43,6 +44,11 @@ def main_args(args) -> None:  # called by the CLI
             raise SystemExit("squeezesam eval: --compare zoom-in needs a model without --zoom-in")
         compare = onnx_segmenter(seg.predictor.model_path, args)
         compare.zoom_in, compare.name = True, seg.name + "+zoom"
+    elif args.compare == "flip":  # the same model, each pass averaged with its mirror
+        if not isinstance(seg, OnnxSegmenter) or args.flip:
+            raise SystemExit("squeezesam eval: --compare flip needs a model without --flip")
+        compare = onnx_segmenter(seg.predictor.model_path, args)
+        compare.predictor.flip, compare.name = True, seg.name + "+flip"
     elif args.compare:
         compare = onnx_segmenter(Path(args.compare), args, "--compare model")
     folders = discover_sets(data) if args.per_set else [data]

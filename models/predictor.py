@@ -84,6 +84,13 @@ def classify(cls_logits: np.ndarray) -> tuple[str, dict[str, float]]:
     return CLASS_NAMES[int(np.argmax(probs))], names
 
 
+def _mirror(a: np.ndarray, w: int) -> np.ndarray:
+    """`a` with its first `w` columns mirrored left-right (the letterbox's valid area)."""
+    out = a.copy()
+    out[:, :w] = a[:, :w][:, ::-1]
+    return out
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
 
@@ -96,8 +103,11 @@ class Predictor:
         model_path: str | os.PathLike[str] = DEFAULT_MODEL_PATH,
         threads: int | None = None,
         working_size: int | None = None,
+        flip: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
+        # test-time flip averaging: two passes a prediction (measured in the model card)
+        self.flip = flip
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model file not found: {self.model_path}")
         options = ort.SessionOptions()
@@ -119,12 +129,27 @@ class Predictor:
         return letterbox(image, self.working_size)
 
     def run_network(
-        self, pixels: np.ndarray, clicks: list[Click], prev: np.ndarray | None
+        self,
+        pixels: np.ndarray,
+        clicks: list[Click],
+        prev: np.ndarray | None,
+        valid: tuple[int, int] | None = None,
     ) -> tuple[np.ndarray, float, np.ndarray]:
-        """One pass at working resolution: (mask logits HxW, predicted IoU, class logits)."""
+        """One pass at working resolution: (mask logits HxW, predicted IoU, class logits).
+        With `flip` (and `valid`, the letterboxed image's h, w) a second pass on the image
+        mirrored left-right inside its valid area, averaged with the first."""
         x = encode_prompt(pixels, clicks, prev)[None]
         logits, iou, cls = self.session.run(None, {self.input_name: x})
-        return logits[0, 0], float(np.clip(iou.reshape(-1)[0], 0.0, 1.0)), cls.reshape(-1)
+        logits, iou, cls = logits[0, 0], float(iou.reshape(-1)[0]), cls.reshape(-1)
+        if self.flip and valid is not None:
+            h, w = valid
+            mirrored = [Click(c.y, w - 1 - c.x, c.positive) for c in clicks]
+            x = encode_prompt(_mirror(pixels, w), mirrored,
+                              None if prev is None else _mirror(prev, w))[None]  # fmt: skip
+            m_logits, m_iou, m_cls = self.session.run(None, {self.input_name: x})
+            logits = (logits + _mirror(m_logits[0, 0], w)) / 2
+            iou, cls = (iou + float(m_iou.reshape(-1)[0])) / 2, (cls + m_cls.reshape(-1)) / 2
+        return logits, float(np.clip(iou, 0.0, 1.0)), cls
 
     def predict(
         self,
@@ -143,7 +168,9 @@ class Predictor:
                 prev_mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR
             )
         working_clicks = [prepared.to_working(c) for c in clicks]
-        logits, score, cls = self.run_network(prepared.pixels, working_clicks, prev)
+        logits, score, cls = self.run_network(
+            prepared.pixels, working_clicks, prev, prepared.valid_size
+        )
         prob = _sigmoid(logits[:h, :w])
         oh, ow = prepared.original_size
         full = cv2.resize(prob, (ow, oh), interpolation=cv2.INTER_LINEAR)

@@ -34,9 +34,11 @@ class OnnxSegmenter:
         saliency_size: int | None = None,
         feed_previous_mask: bool = True,
         zoom_in: bool = False,
+        flip: bool = False,
     ) -> None:
-        self.predictor = Predictor(model_path, threads=threads or None)
-        self.name = self.predictor.version + ("+zoom" if zoom_in else "")
+        self.predictor = Predictor(model_path, threads=threads or None, flip=flip)
+        suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
+        self.name = self.predictor.version + suffix
         self.saliency_size = saliency_size
         self.feed_previous_mask = feed_previous_mask
         self.zoom_in = zoom_in

@@ -95,3 +95,25 @@ def test_serving_processes_never_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_flip_averaging_makes_the_prediction_mirror_equivariant(shipped_model, val_samples):
+    """With `flip`, the mask of the mirrored photo clicked at the mirrored point is the
+    mirror of the photo's mask (each pass is averaged with its mirror), and it differs
+    from the single pass only at the edges."""
+    sample = val_samples[0]
+    image = sample.load_image()
+    gt = sample.load_mask() == sample.objects[0].index
+    single, flipped = (
+        Predictor(shipped_model, threads=1),
+        Predictor(shipped_model, threads=1, flip=True),
+    )
+    click = first_click(gt)
+    w = image.shape[1]
+    mirrored_click = Click(click.y, w - 1 - click.x, click.positive)
+    mask = flipped.predict(flipped.prepare(image), [click]).mask
+    mirror_mask = flipped.predict(flipped.prepare(image[:, ::-1].copy()), [mirrored_click]).mask
+    agree = (mask & mirror_mask[:, ::-1]).sum() / max((mask | mirror_mask[:, ::-1]).sum(), 1)
+    assert agree > 0.995, agree
+    one = single.predict(single.prepare(image), [click]).mask
+    assert (one & mask).sum() / max((one | mask).sum(), 1) > 0.9

@@ -105,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="corrective clicks on a crop around the object (RITM zoom-in; models/zoom.py)",
     )  # fmt: skip
     p.add_argument(
+        "--working-size", type=int, default=0,
+        help="long side the model sees (0: the model's own, 512); not applied to --compare",
+    )  # fmt: skip
+    p.add_argument(
         "--flip", action="store_true",
         help="average each pass with one on the mirrored image (two passes a click)",
     )  # fmt: skip

@@ -24,6 +24,8 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
         not args.no_previous_mask,
         zoom_in=args.zoom_in,
         flip=args.flip,
+        # the model under evaluation only: `--compare` the same file at its own size
+        working_size=(args.working_size or None) if what == "model" else None,
     )
 
 

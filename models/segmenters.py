@@ -35,9 +35,14 @@ class OnnxSegmenter:
         feed_previous_mask: bool = True,
         zoom_in: bool = False,
         flip: bool = False,
+        working_size: int | None = None,
     ) -> None:
-        self.predictor = Predictor(model_path, threads=threads or None, flip=flip)
+        self.predictor = Predictor(
+            model_path, threads=threads or None, working_size=working_size, flip=flip
+        )
         suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
+        if working_size:
+            suffix += f"@{working_size}"
         self.name = self.predictor.version + suffix
         self.saliency_size = saliency_size
         self.feed_previous_mask = feed_previous_mask

@@ -29,7 +29,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # the path only: importing .train here would import torch into every process
-    from squeezesam.models.augment import MAX_SCALE, ROLLOUT_P
+    from squeezesam.models.augment import CROWD_P, MAX_SCALE, ROLLOUT_P
     from squeezesam.models.predictor import WEIGHTS_DIR
 
     CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rollout-p", type=float, default=ROLLOUT_P,
         help="share of click examples trained on no-grad rollouts (RITM); 0 = synthetic only",
+    )  # fmt: skip
+    p.add_argument(
+        "--crowd-p", type=float, default=CROWD_P,
+        help="share of examples made crowd scenes: 3-8 people/pets pasted small (augment.py)",
     )  # fmt: skip
     p.set_defaults(func=_train_base)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from squeezesam.models.augment import MAX_SCALE, ROLLOUT_P, ExampleMaker, Loaded
+from squeezesam.models.augment import CROWD_P, MAX_SCALE, ROLLOUT_P, ExampleMaker, Loaded
 from squeezesam.models.clicks import encode_prompt, first_click, iou, next_click
 from squeezesam.models.data import Sample, default_data_root, load_samples
 from squeezesam.models.network import SqueezeSAM, build_model
@@ -51,6 +51,7 @@ class TrainConfig:
     threads: int = 2
     log_file: Path | None = None
     rollout_p: float = ROLLOUT_P  # share of click examples trained on rollouts
+    crowd_p: float = CROWD_P  # share of examples made crowd scenes (augment.py)
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -239,7 +240,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     t0 = time.time()
     loaded = [Loaded.from_sample(s) for s in train_samples]
     log.info("decoded %d training images in %.0f s", len(loaded), time.time() - t0)
-    maker = ExampleMaker(loaded, cfg.size, max_scale=cfg.max_scale)
+    maker = ExampleMaker(loaded, cfg.size, max_scale=cfg.max_scale, crowd_p=cfg.crowd_p)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     model.train()
     metrics: dict[str, float] = dict(meta.get("last_val", {}))
@@ -294,5 +295,6 @@ def main_args(args) -> None:  # called by the CLI
         threads=args.threads,
         log_file=Path(args.log_file) if args.log_file else None,
         rollout_p=args.rollout_p,
+        crowd_p=args.crowd_p,
     )
     train(cfg)

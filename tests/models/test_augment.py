@@ -3,6 +3,7 @@
 import numpy as np
 
 from squeezesam.models.augment import ExampleMaker, Loaded, paste, scale_and_crop
+from squeezesam.models.data import CLASS_INDEX
 
 
 def coded(h=120, w=160):
@@ -95,6 +96,66 @@ def test_look_alike_instances_leave_one_target_with_its_own_label():
         # look-alikes never cover the original target
         assert (m == 1).sum() == (mask == 1).sum()
     assert switched and kept  # both outcomes occur
+
+
+def crowd_scene():
+    """A photo with one small red person (area 0.01: no donor) and a donor photo whose
+    large object is a blue pet: every object a crowd pastes is blue."""
+    image, mask = coded(240, 320)
+    mask[mask == 2] = 0
+    mask[20:80, 30:90] = 0
+    mask[100:124, 150:174] = 1
+    image[:] = (0, 255, 0)
+    image[mask == 1] = (255, 0, 0)
+    pet_image, pet_mask = coded(240, 320)
+    pet_mask[pet_mask == 2] = 0
+    pet_image[pet_mask == 1] = (0, 0, 255)
+    return [Loaded(image, mask, {1: "person"}, {1: 0.0075}),
+            Loaded(pet_image, pet_mask, {1: "pet"}, {1: 0.047})]  # fmt: skip
+
+
+def test_a_crowd_pastes_several_small_people_and_pets():
+    loaded = crowd_scene()
+    maker = ExampleMaker(loaded, 64, crowd_p=1.0)
+    rng = np.random.default_rng(5)
+    counts = []
+    for _ in range(20):
+        img, m = loaded[0].image.copy(), loaded[0].mask.copy()
+        visible, next_index = maker.add_crowd(img, m, 200, rng)
+        counts.append(len(visible))
+        for k, label in visible.items():
+            assert label == "pet" and 200 <= k < next_index
+            ys, xs = np.nonzero(m == k)
+            # small: at most CROWD_SCALE's top (0.3) of the long side, 320 px
+            assert max(np.ptp(ys), np.ptp(xs)) + 1 <= 0.3 * 320 + 1
+    assert max(counts) >= 3
+
+
+def test_crowd_examples_target_the_crowd():
+    """Zero-click: every person/pet in view (the pasted pets and the photo's own small
+    person); a click: one pasted pet, labelled pet."""
+    loaded = crowd_scene()
+    rng = np.random.default_rng(6)
+    zero = ExampleMaker(loaded, 96, zero_click_p=1.0, crowd_p=1.0, max_scale=1.0)
+    both = 0
+    for _ in range(20):
+        ex = zero.make(0, rng)
+        if ex is None or not ex.zero_click:
+            continue
+        on = ex.image[ex.target > 0].astype(int)  # colour-jittered: compare channels
+        blue, red = (on.argmax(1) == 2).sum(), (on.argmax(1) == 0).sum()
+        both += bool(blue and red)
+    assert both >= 5  # the person and the crowd are one zero-click target
+    click = ExampleMaker(loaded, 96, zero_click_p=0.0, crowd_p=1.0, max_scale=1.0)
+    made = 0
+    for _ in range(20):
+        ex = click.make(0, rng)
+        if ex is None:
+            continue
+        made += 1
+        on = ex.image[ex.target > 0].astype(int)
+        assert (on.argmax(1) == 2).mean() > 0.6 and ex.cls == CLASS_INDEX["pet"]  # edges blend
+    assert made >= 10
 
 
 def test_over_merge_examples_keep_their_clicks_through_rollouts():

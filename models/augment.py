@@ -268,7 +268,8 @@ class ExampleMaker:
             return None
         zero_click = rng.random() < self.zero_click_p and bool(s.salient())
         next_index = 200
-        crowd = bool(self.people_pets) and rng.random() < self.crowd_p
+        # no draw when crowds are off: the default recipe's random stream stays as it was
+        crowd = self.crowd_p > 0 and bool(self.people_pets) and rng.random() < self.crowd_p
         pasted: dict[int, str] = {}
         if crowd:
             pasted, next_index = self.add_crowd(image, mask, next_index, rng)

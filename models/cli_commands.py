@@ -82,8 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compare",
         metavar="MODEL|grabcut|zoom-in|flip",
         help="a second model, grabcut, or this model with --zoom-in or --flip, on the same "
-        "objects: "
-        "paired NoC@90 difference",
+        "objects: paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)

@@ -184,18 +184,24 @@ def run_timed(code: str) -> tuple[subprocess.CompletedProcess, float]:
     return result, time.monotonic() - t0
 
 
-def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
-    """What a web process stuck in a request thread looks like: SIGTERM's sys.exit would
-    wait for that thread forever; the bound ends it after its grace."""
-    code = (
+def stuck_web(setup: str = "", then: str = "sys.exit(0)\n") -> str:
+    """A script for a web process whose request thread is stuck for 60 s when SIGTERM's
+    bound starts (`exit_within(0.5, 'web')`): `setup` runs before the thread starts,
+    `then` after the bound (by default SIGTERM's sys.exit)."""
+    return (
         "import logging, sys, threading, time\n"
         "from squeezesam.backend.shutdown import exit_within\n"
         "logging.basicConfig(level=logging.INFO)\n"
-        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
-        "exit_within(0.5, 'web')\n"
-        "sys.exit(0)\n"
+        + setup
+        + "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
+        "exit_within(0.5, 'web')\n" + then
     )
-    result, took = run_timed(code)
+
+
+def test_the_stop_bound_ends_a_process_held_by_a_non_daemon_thread():
+    """What a web process stuck in a request thread looks like: SIGTERM's sys.exit would
+    wait for that thread forever; the bound ends it after its grace."""
+    result, took = run_timed(stuck_web())
     assert result.returncode == 143 and took < 10, (took, result.stderr)
     assert "web still running 0 s after SIGTERM (threads: " in result.stderr
     assert "stuck-request" in result.stderr
@@ -205,17 +211,8 @@ def test_the_stop_bound_holds_while_a_thread_holds_the_log_handler_lock():
     """A thread stuck inside a log write (stderr a pipe nobody drains: seen as a web
     container SIGKILLed with no line after SIGTERM) holds the handler's lock; the bound's
     warning does not go through `logging`, so the process still exits, and says why."""
-    code = (
-        "import logging, sys, threading, time\n"
-        "from squeezesam.backend.shutdown import exit_within\n"
-        "logging.basicConfig(level=logging.INFO)\n"
-        "handler = logging.getLogger().handlers[0]\n"
-        "handler.acquire()  # as a thread blocked in handler.emit() holds it\n"
-        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
-        "exit_within(0.5, 'web')\n"
-        "sys.exit(0)\n"
-    )
-    result, took = run_timed(code)
+    # as a thread blocked in handler.emit() holds it
+    result, took = run_timed(stuck_web(setup="logging.getLogger().handlers[0].acquire()\n"))
     assert result.returncode == 143 and took < 10, (took, result.stderr)
     assert "web still running 0 s after SIGTERM" in result.stderr, result.stderr
 
@@ -224,15 +221,8 @@ def test_a_process_whose_python_timer_cannot_run_is_ended_by_the_backstop():
     """The C-level backstop (faulthandler) needs no GIL: a main thread that never gives
     the GIL back (a C call holding it) is still ended BACKSTOP s after the bound, with
     every thread's stack on stderr to show where it was stuck."""
-    code = (
-        "import sys, threading, time\n"
-        "from squeezesam.backend.shutdown import exit_within\n"
-        "threading.Thread(target=time.sleep, args=(60,), name='stuck-request').start()\n"
-        "exit_within(0.5, 'web')\n"
-        "sys.setswitchinterval(1e6)  # the main thread keeps the GIL: the timer never runs\n"
-        "while True:\n"
-        "    pass\n"
-    )
+    # the main thread keeps the GIL: the Python timer never runs
+    code = stuck_web(then="sys.setswitchinterval(1e6)\nwhile True:\n    pass\n")
     from squeezesam.backend.shutdown import BACKSTOP, STOP_GRACE
     from squeezesam.backend.supervisor import CHILD_GRACE
 

@@ -126,17 +126,27 @@ def _too_large(limit: int) -> Response | None:
 def _basic_auth(settings: Settings, limiter: FailureLimiter) -> Response | None:
     """None when the credentials are right; 401, or 429 past AUTH_FAILURES_PER_MINUTE
     failures of this client address."""
+    checked = _check_basic(settings, limiter)
+    if checked is not False:
+        return checked
+    response = error("HTTP Basic authentication required", 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
+    return response
+
+
+def _check_basic(settings: Settings, limiter: FailureLimiter) -> Response | None | bool:
+    """The Basic pair of this request, rate limited per client address: a 429 while the
+    address has spent its failed logins, None when the pair is right, False when it is
+    wrong (counted as a failure)."""
     address = request.remote_addr or ""
     limited = _limited(limiter, address)
     if limited is not None:
         return limited
-    auth = request.authorization  # any bytes: a 401, never a 500 (auth.py)
+    auth = request.authorization  # any bytes: a 4xx, never a 500 (auth.py)
     if basic_auth_ok(auth, settings.basic_auth_user, settings.basic_auth_pass):
         return None
     limiter.failed(address)
-    response = error("HTTP Basic authentication required", 401)
-    response.headers["WWW-Authenticate"] = 'Basic realm="squeezesam"'
-    return response
+    return False
 
 
 def _limited(limiter: FailureLimiter, address: str) -> Response | None:
@@ -162,14 +172,9 @@ def _webhook_auth(settings: Settings, limiter: FailureLimiter) -> Response | Non
     if webhook_secret_ok(request.headers.get(WEBHOOK_SECRET_HEADER), secret):
         return None
     if settings.basic_auth_enabled and "Authorization" in request.headers:
-        address = request.remote_addr or ""
-        limited = _limited(limiter, address)
-        if limited is not None:
-            return limited
-        pair = (settings.basic_auth_user, settings.basic_auth_pass)
-        if basic_auth_ok(request.authorization, *pair):  # any bytes: a 4xx, never a 500
-            return None
-        limiter.failed(address)
+        checked = _check_basic(settings, limiter)
+        if checked is not False:
+            return checked
     return error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header (or Basic auth)", 403)
 
 

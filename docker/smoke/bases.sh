@@ -53,11 +53,13 @@ minbase() {
   log "imported $MINBASE"
 }
 
-# a build context of one Containerfile (from docker/smoke/) plus the machine's CA certs
+# a build context of one Containerfile (from docker/smoke/) plus the machine's CA certs and
+# Label Studio's pip constraints (the e2e tests' own file)
 context() {
   local dir="$WORK/ctx-$1"
   rm -rf "$dir" && mkdir -p "$dir/ca"
   cp "$HERE/$2" "$dir/Containerfile"
+  cp "$HERE/../../tests/e2e/labelstudio-constraints.txt" "$dir/"
   cp /usr/local/share/ca-certificates/*.crt "$dir/ca/" 2>/dev/null || true
   echo "$dir"
 }

@@ -192,11 +192,15 @@ class ExampleMaker:
         zero_click_p: float = 0.3,
         max_scale: float = MAX_SCALE,
         crowd_p: float = CROWD_P,
+        crowd_clicks: bool = True,
     ) -> None:
         self.loaded = loaded
         self.size = size
         self.max_scale = max_scale
         self.crowd_p = crowd_p
+        # False: crowds only in zero-click examples (pre-annotation learns to find every
+        # person/pet; click examples keep the single-subject mix that 1-click quality needs)
+        self.crowd_clicks = crowd_clicks
         self.zero_click_p = zero_click_p
         # Donors: people and pets for copy-paste scenes; any sizeable object as outlier.
         self.people_pets = [
@@ -269,7 +273,12 @@ class ExampleMaker:
         zero_click = rng.random() < self.zero_click_p and bool(s.salient())
         next_index = 200
         # no draw when crowds are off: the default recipe's random stream stays as it was
-        crowd = self.crowd_p > 0 and bool(self.people_pets) and rng.random() < self.crowd_p
+        crowd = (
+            self.crowd_p > 0
+            and bool(self.people_pets)
+            and (zero_click or self.crowd_clicks)
+            and rng.random() < self.crowd_p
+        )
         pasted: dict[int, str] = {}
         if crowd:
             pasted, next_index = self.add_crowd(image, mask, next_index, rng)

@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--crowd-p", type=float, default=CROWD_P,
         help="share of examples made crowd scenes: 3-8 people/pets pasted small (augment.py)",
     )  # fmt: skip
+    p.add_argument(
+        "--crowd-zero-click-only", action="store_true",
+        help="crowd scenes only in zero-click examples (--crowd-p is then their share of those)",
+    )  # fmt: skip
     p.set_defaults(func=_train_base)
 
     p = subparsers.add_parser("export", help="export the checkpoint to ONNX fp32 + int8")

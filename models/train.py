@@ -52,6 +52,7 @@ class TrainConfig:
     log_file: Path | None = None
     rollout_p: float = ROLLOUT_P  # share of click examples trained on rollouts
     crowd_p: float = CROWD_P  # share of examples made crowd scenes (augment.py)
+    crowd_clicks: bool = True  # False: crowds in zero-click examples only
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -240,7 +241,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     t0 = time.time()
     loaded = [Loaded.from_sample(s) for s in train_samples]
     log.info("decoded %d training images in %.0f s", len(loaded), time.time() - t0)
-    maker = ExampleMaker(loaded, cfg.size, max_scale=cfg.max_scale, crowd_p=cfg.crowd_p)
+    maker = ExampleMaker(
+        loaded,
+        cfg.size,
+        max_scale=cfg.max_scale,
+        crowd_p=cfg.crowd_p,
+        crowd_clicks=cfg.crowd_clicks,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     model.train()
     metrics: dict[str, float] = dict(meta.get("last_val", {}))
@@ -296,5 +303,6 @@ def main_args(args) -> None:  # called by the CLI
         log_file=Path(args.log_file) if args.log_file else None,
         rollout_p=args.rollout_p,
         crowd_p=args.crowd_p,
+        crowd_clicks=not args.crowd_zero_click_only,
     )
     train(cfg)

@@ -158,6 +158,32 @@ def test_crowd_examples_target_the_crowd():
     assert made >= 10
 
 
+def test_zero_click_only_crowds_leave_click_examples_single_subject():
+    """With crowd_clicks off, click examples never get a crowd (no blue pet pasted into
+    the red-person photo beyond the occasional occluder) while zero-click ones still do."""
+    loaded = crowd_scene()
+    rng = np.random.default_rng(7)
+    click = ExampleMaker(loaded, 96, zero_click_p=0.0, crowd_p=1.0, max_scale=1.0,
+                         crowd_clicks=False)  # fmt: skip
+    targets_red = 0
+    for _ in range(20):
+        ex = click.make(0, rng)
+        if ex is None:
+            continue
+        on = ex.image[ex.target > 0].astype(int)
+        targets_red += int((on.argmax(1) == 0).mean() > 0.6)
+        assert ex.cls == CLASS_INDEX["person"]  # the photo's own person, never a pasted pet
+    assert targets_red >= 10
+    zero = ExampleMaker(loaded, 96, zero_click_p=1.0, crowd_p=1.0, max_scale=1.0,
+                        crowd_clicks=False)  # fmt: skip
+    crowds = 0
+    for _ in range(20):
+        ex = zero.make(0, rng)
+        if ex is not None and ex.zero_click:
+            crowds += int((ex.image[ex.target > 0].argmax(1) == 2).any())
+    assert crowds >= 5
+
+
 def test_over_merge_examples_keep_their_clicks_through_rollouts():
     image, mask = coded()
     loaded = [Loaded(image, mask, {1: "person", 2: "pet"}, {1: 0.19, 2: 0.065})]

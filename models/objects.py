@@ -4,7 +4,9 @@ The SqueezeSAM paper starts interaction from salient object detection; we go one
 step further for pre-annotation and turn each salient component into its own
 object: click points at its most interior point (more for large or elongated
 components), one network pass per object with those clicks and the component as
-the previous mask, then de-duplication by IoU. numpy/OpenCV/onnxruntime only.
+the previous mask, then de-duplication by IoU. A component that one click shows to
+be a group (people side by side) is covered one object a pass instead (find_objects).
+numpy/OpenCV/onnxruntime only.
 """
 
 from __future__ import annotations
@@ -83,42 +85,119 @@ def find_objects(
     max_objects: int = MAX_OBJECTS,
     saliency_size: int | None = None,
 ) -> list[FoundObject]:
-    """Whole-object masks of the salient objects, largest first."""
+    """Whole-object masks of the salient objects, largest component first.
+
+    Each salient component is first clicked once at its most interior point with no
+    previous mask: whole-object training makes that pass answer with one object. When
+    that object fills the component (one subject, the common case) the component's own
+    pass draws it (several clicks, the component as previous mask: the better outline).
+    Otherwise the component is a group (people side by side merge in the saliency map):
+    the object is kept and the rest of the group is covered one object at a time.
+    """
     h, w = prepared.valid_size
     prob = saliency(predictor, prepared, saliency_size)
     binary = (prob > 0.5).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     order = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])
     min_area = min_area_fraction * h * w
-    ph, pw = prepared.pixels.shape[:2]
-    oh, ow = prepared.original_size
-    found: list[tuple[FoundObject, np.ndarray]] = []
+    found: list[_Region] = []
     for i in order[:max_objects]:
-        if stats[i, cv2.CC_STAT_AREA] < min_area:
+        if stats[i, cv2.CC_STAT_AREA] < min_area or len(found) >= max_objects:
             break
-        component = (labels == i).astype(np.uint8)
-        clicks = component_clicks(component.astype(bool))
-        prev = np.zeros((ph, pw), np.float32)
-        prev[:h, :w] = component
-        logits, score, cls = predictor.run_network(prepared.pixels, clicks, prev)
-        small = _sigmoid(logits[:h, :w]) > 0.5
-        if not small.any():
+        component = labels == i
+        y, x, _ = interior_point(component)  # type: ignore[misc]  (never empty)
+        first = _run(predictor, prepared, [Click(y, x, True)], None)
+        if (component & ~first.mask).sum() < ONE_OBJECT_LEFT * component.sum():
+            _keep(found, _run(predictor, prepared, component_clicks(component), component))
             continue
-        if any(iou(small, other) > DEDUP_IOU for _, other in found):
-            continue
-        label, class_probs = classify(cls)
-        full = cv2.resize(small.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST) > 0
-        back = 1.0 / prepared.scale
-        found.append(
-            (
-                FoundObject(
-                    mask=full,
-                    score=score,
-                    label=label,
-                    class_probs=class_probs,
-                    clicks=[c.scaled(back) for c in clicks],
-                ),
-                small,
-            )
-        )
-    return [f for f, _ in found]
+        _keep(found, first)
+        _cover_group(predictor, prepared, component & ~first.mask, found, min_area, max_objects)
+    return [_full_size(r, prepared) for r in found]
+
+
+# A first object leaving under this share of its component uncovered is the component.
+ONE_OBJECT_LEFT = 0.2
+# At most this many more passes per group, each on the largest uncovered part.
+COVER_PASSES = 3
+# A covering pass's object is kept only when it is a person or pet this likely: groups
+# are what the product finds people and pets in, and the rest of a group is often
+# background that a stray click would turn into an unmatched region.
+COVER_PEOPLE_PETS_P = 0.5
+
+
+@dataclass
+class _Region:
+    mask: np.ndarray  # bool (h, w), working resolution, unpadded
+    score: float
+    cls: np.ndarray
+    clicks: list[Click]  # working pixels
+
+
+def _run(
+    predictor: Predictor, prepared: PreparedImage, clicks: list[Click], prev: np.ndarray | None
+) -> _Region:
+    """One pass with these clicks (and this component as previous mask)."""
+    h, w = prepared.valid_size
+    prev_full = None
+    if prev is not None:
+        prev_full = np.zeros(prepared.pixels.shape[:2], np.float32)
+        prev_full[:h, :w] = prev
+    logits, score, cls = predictor.run_network(prepared.pixels, clicks, prev_full)
+    return _Region(_sigmoid(logits[:h, :w]) > 0.5, score, cls, clicks)
+
+
+def _keep(found: list[_Region], region: _Region) -> bool:
+    """Keep a non-empty region unless it repeats one already found."""
+    if not region.mask.any() or any(iou(region.mask, r.mask) > DEDUP_IOU for r in found):
+        return False
+    found.append(region)
+    return True
+
+
+def _cover_group(
+    predictor: Predictor,
+    prepared: PreparedImage,
+    rest: np.ndarray,
+    found: list[_Region],
+    min_area: float,
+    max_objects: int,
+) -> None:
+    """Click the largest uncovered part of a group, one object a pass, until what is left
+    is small, COVER_PASSES are spent or max_objects are found."""
+    for _ in range(COVER_PASSES):
+        if len(found) >= max_objects:
+            return
+        for r in found:
+            rest &= ~r.mask
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(rest.astype(np.uint8))
+        if count <= 1:
+            return
+        j = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        if stats[j, cv2.CC_STAT_AREA] < min_area:
+            return
+        part = labels == j
+        y, x, _ = interior_point(part)  # type: ignore[misc]
+        region = _run(predictor, prepared, [Click(y, x, True)], None)
+        _, probs = classify(region.cls)
+        if probs.get("person", 0.0) + probs.get("pet", 0.0) >= COVER_PEOPLE_PETS_P:
+            _keep(found, region)
+        # the answer leaves the part's other objects for the next pass; an answer that
+        # misses its own click would be asked again: the part is given up instead
+        rest &= ~region.mask
+        if not region.mask[y, x]:
+            rest &= ~part
+
+
+def _full_size(region: _Region, prepared: PreparedImage) -> FoundObject:
+    """The region at the original resolution, with its label and clicks."""
+    oh, ow = prepared.original_size
+    label, class_probs = classify(region.cls)
+    full = cv2.resize(region.mask.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST)
+    back = 1.0 / prepared.scale
+    return FoundObject(
+        mask=full > 0,
+        score=region.score,
+        label=label,
+        class_probs=class_probs,
+        clicks=[c.scaled(back) for c in region.clicks],
+    )

@@ -1,8 +1,10 @@
-"""Zero-click helpers: clicks per salient component."""
+"""Zero-click objects: clicks per salient component, and groups found one by one."""
 
 import numpy as np
 
-from squeezesam.models.objects import component_clicks
+from squeezesam.models.clicks import iou
+from squeezesam.models.objects import component_clicks, find_objects
+from squeezesam.models.predictor import CLASS_NAMES, PreparedImage
 
 
 def test_one_click_for_a_compact_component():
@@ -20,3 +22,69 @@ def test_several_spread_clicks_for_an_elongated_component():
     assert all(comp[int(c.y), int(c.x)] for c in clicks)
     xs = sorted(c.x for c in clicks)
     assert xs[-1] - xs[0] > 40
+
+
+class ScriptedNetwork:
+    """Stands in for the network: saliency is the union of `objects`; a click answers
+    with the object under it (with a previous mask: that mask, the component's outline);
+    `kinds` says which class each object is."""
+
+    def __init__(self, objects: list[np.ndarray], kinds: list[str]) -> None:
+        self.objects, self.kinds = objects, kinds
+        self.calls: list[tuple[int, bool]] = []  # (clicks, with a previous mask)
+
+    def run_network(self, pixels, clicks, prev):
+        self.calls.append((len(clicks), prev is not None))
+        if not clicks:
+            mask, kind = np.any(self.objects, axis=0), "person"
+        elif prev is not None:
+            mask, kind = prev > 0, "person"
+        else:
+            c = clicks[0]
+            hit = [i for i, o in enumerate(self.objects) if o[int(c.y), int(c.x)]]
+            mask = self.objects[hit[0]] if hit else np.zeros_like(self.objects[0])
+            kind = self.kinds[hit[0]] if hit else "other"
+        cls = np.array([8.0 if n == kind else 0.0 for n in CLASS_NAMES])
+        return np.where(mask, 10.0, -10.0).astype(np.float32), 0.9, cls
+
+
+def prepared_of(shape: tuple[int, int]) -> PreparedImage:
+    return PreparedImage(np.zeros((*shape, 3), np.uint8), shape, 1.0, shape)
+
+
+def box(shape, y0, y1, x0, x1) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_a_single_subject_is_drawn_by_the_component_pass():
+    shape = (64, 96)
+    person = box(shape, 10, 50, 20, 60)
+    net = ScriptedNetwork([person], ["person"])
+    found = find_objects(net, prepared_of(shape))
+    assert len(found) == 1 and (found[0].mask == person).all()
+    # saliency, the one-click probe, then the component's own pass (with it as prev mask)
+    assert net.calls[0] == (0, False) and net.calls[1] == (1, False) and net.calls[2][1]
+    assert len(net.calls) == 3
+
+
+def test_people_side_by_side_are_found_one_by_one():
+    """Touching people merge into one salient component; each is found on its own."""
+    shape = (64, 128)
+    people = [box(shape, 10, 60, 4, 40), box(shape, 12, 60, 40, 80), box(shape, 8, 60, 80, 124)]
+    net = ScriptedNetwork(people, ["person", "person", "pet"])
+    found = find_objects(net, prepared_of(shape))
+    assert len(found) == 3
+    for obj in people:
+        assert sum(iou(f.mask, obj) > 0.99 for f in found) == 1
+    assert {f.label for f in found} == {"person", "pet"}
+    assert all(obj.mask[int(c.y), int(c.x)] for obj in found for c in obj.clicks)
+
+
+def test_the_rest_of_a_group_is_kept_only_where_it_is_a_person_or_pet():
+    shape = (64, 128)
+    parts = [box(shape, 10, 60, 4, 60), box(shape, 10, 60, 60, 110)]
+    net = ScriptedNetwork(parts, ["person", "other"])  # a person beside a sofa
+    found = find_objects(net, prepared_of(shape))
+    assert len(found) == 1 and iou(found[0].mask, parts[0]) > 0.99

@@ -85,6 +85,13 @@ class Settings:
         0,
         "onnxruntime intra-op threads per worker; 0 = all cores (best with one worker).",
     )
+    focus_view: bool = _setting(
+        "SQUEEZESAM_FOCUS_VIEW",
+        True,
+        "Clicks on a small object (its box at most half the image's long side) get a "
+        "second pass on a crop around it, upscaled (FocalClick's focus view; models/"
+        "MODEL_CARD.md has the figures). `false`: one pass a click.",
+    )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",
         "",

@@ -75,7 +75,9 @@ def runtime(settings: Settings | None = None) -> Runtime:
             registry = model_registry(settings)
             token = registry.watch_token()  # before reading the path: a change re-polls
             path = registry.active_path()
-            predictor = Predictor(path, threads=settings.model_threads or None)
+            predictor = Predictor(
+                path, threads=settings.model_threads or None, focus=settings.focus_view
+            )
             _runtime = Runtime(
                 settings=settings,
                 predictor=predictor,
@@ -99,7 +101,9 @@ def refresh_model(rt: Runtime) -> bool:
         return False
     path = rt.registry.active_path()
     try:
-        predictor = Predictor(path, threads=rt.settings.model_threads or None)
+        predictor = Predictor(
+            path, threads=rt.settings.model_threads or None, focus=rt.settings.focus_view
+        )
         _warm_up(predictor)
     except Exception as exc:  # a broken version must not take the worker down
         log.error("cannot load the newly active model %s: %s; keeping %s", path, exc,

@@ -78,7 +78,8 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 
 
 def direct(model: Path, threads: int, images: list[Path], points, gap: float) -> list[float]:
-    predictor = Predictor(model, threads=threads)
+    # the workers' predictor: the focus view as the environment sets it
+    predictor = Predictor(model, threads=threads, focus=Settings.from_env().focus_view)
     config = parse_label_config(CONFIG)
     prepared = {p: predictor.prepare(decode(p.read_bytes(), 10**9)) for p in images}
     times = []

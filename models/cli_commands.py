@@ -84,9 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        metavar="MODEL|grabcut|zoom-in|flip",
-        help="a second model, grabcut, or this model with --zoom-in or --flip, on the same "
-        "objects: paired NoC@90 difference",
+        metavar="MODEL|grabcut|zoom-in|flip|focus",
+        help="a second model, grabcut, or this model with --zoom-in, --flip or --focus, on "
+        "the same objects: paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)
@@ -118,6 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--flip", action="store_true",
         help="average each pass with one on the mirrored image (two passes a click)",
+    )  # fmt: skip
+    p.add_argument(
+        "--focus", action="store_true",
+        help="refine each small object with a pass on its crop (FocalClick; models/zoom.py)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

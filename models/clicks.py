@@ -156,3 +156,28 @@ class Clicker:
         if click is not None:
             self.clicks.append(click)
         return click
+
+
+def object_roi(
+    prev: np.ndarray | None,
+    clicks: list[Click],
+    shape: tuple[int, int],
+    expansion: float,
+    min_crop: int,
+) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) around the mask `prev` (> 0.5) and the clicks, expanded by
+    `expansion`, at least `min_crop` a side, inside `shape` (zoom-in and focus view)."""
+    ys = [c.y for c in clicks]
+    xs = [c.x for c in clicks]
+    if prev is not None:
+        my, mx = np.nonzero(prev > 0.5)
+        if my.size:
+            ys += [int(my.min()), int(my.max())]
+            xs += [int(mx.min()), int(mx.max())]
+    h, w = shape
+    cy, cx = (min(ys) + max(ys)) / 2, (min(xs) + max(xs)) / 2
+    half_h = max((max(ys) - min(ys) + 1) * expansion, min_crop) / 2
+    half_w = max((max(xs) - min(xs) + 1) * expansion, min_crop) / 2
+    y0, y1 = max(0, int(cy - half_h)), min(h, int(np.ceil(cy + half_h)))
+    x0, x1 = max(0, int(cx - half_w)), min(w, int(np.ceil(cx + half_w)))
+    return y0, y1, x0, x1

@@ -24,6 +24,7 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
         not args.no_previous_mask,
         zoom_in=args.zoom_in,
         flip=args.flip,
+        focus=args.focus,
         # the model under evaluation only: `--compare` the same file at its own size
         working_size=(args.working_size or None) if what == "model" else None,
     )
@@ -51,6 +52,11 @@ def main_args(args) -> None:  # called by the CLI
             raise SystemExit("squeezesam eval: --compare flip needs a model without --flip")
         compare = onnx_segmenter(seg.predictor.model_path, args)
         compare.predictor.flip, compare.name = True, seg.name + "+flip"
+    elif args.compare == "focus":  # the same model, small objects refined on their crop
+        if not isinstance(seg, OnnxSegmenter) or args.focus:
+            raise SystemExit("squeezesam eval: --compare focus needs a model without --focus")
+        compare = onnx_segmenter(seg.predictor.model_path, args)
+        compare.predictor.focus, compare.name = True, seg.name + "+focus"
     elif args.compare:
         compare = onnx_segmenter(Path(args.compare), args, "--compare model")
     folders = discover_sets(data) if args.per_set else [data]

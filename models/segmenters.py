@@ -36,11 +36,13 @@ class OnnxSegmenter:
         zoom_in: bool = False,
         flip: bool = False,
         working_size: int | None = None,
+        focus: bool = False,
     ) -> None:
         self.predictor = Predictor(
-            model_path, threads=threads or None, working_size=working_size, flip=flip
+            model_path, threads=threads or None, working_size=working_size, flip=flip, focus=focus
         )
         suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
+        suffix += "+focus" if focus else ""
         if working_size:
             suffix += f"@{working_size}"
         self.name = self.predictor.version + suffix

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from squeezesam.models.clicks import Click
+from squeezesam.models.clicks import Click, object_roi
 from squeezesam.models.predictor import Prediction, Predictor, PreparedImage
 
 EXPANSION = 1.4  # RITM's expansion_ratio
@@ -26,26 +26,6 @@ MIN_CROP = 64  # original pixels: caps the upscaling of tiny objects at 8x (work
 class ZoomState:
     image: np.ndarray  # the original RGB image
     full: PreparedImage  # the whole image letterboxed, for the first click
-
-
-def object_roi(
-    prev: np.ndarray | None, clicks: list[Click], shape: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) around the previous mask (> 0.5) and the clicks, expanded."""
-    ys = [c.y for c in clicks]
-    xs = [c.x for c in clicks]
-    if prev is not None:
-        my, mx = np.nonzero(prev > 0.5)
-        if my.size:
-            ys += [int(my.min()), int(my.max())]
-            xs += [int(mx.min()), int(mx.max())]
-    h, w = shape
-    cy, cx = (min(ys) + max(ys)) / 2, (min(xs) + max(xs)) / 2
-    half_h = max((max(ys) - min(ys) + 1) * EXPANSION, MIN_CROP) / 2
-    half_w = max((max(xs) - min(xs) + 1) * EXPANSION, MIN_CROP) / 2
-    y0, y1 = max(0, int(cy - half_h)), min(h, int(np.ceil(cy + half_h)))
-    x0, x1 = max(0, int(cx - half_w)), min(w, int(np.ceil(cx + half_w)))
-    return y0, y1, x0, x1
 
 
 def predict_zoomed(
@@ -59,7 +39,7 @@ def predict_zoomed(
         p = predictor.predict(state.full, clicks, prev)
         p.probability = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
         return p
-    y0, y1, x0, x1 = object_roi(prev, clicks, (h, w))
+    y0, y1, x0, x1 = object_roi(prev, clicks, (h, w), EXPANSION, MIN_CROP)
     crop = predictor.prepare(np.ascontiguousarray(state.image[y0:y1, x0:x1]))
     shifted = [Click(c.y - y0, c.x - x0, c.positive) for c in clicks]
     p = predictor.predict(crop, shifted, prev[y0:y1, x0:x1])

@@ -13,6 +13,7 @@ from PIL import Image
 from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import segment
 from squeezesam.backend.labelstudio import Prompt
+from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import Predictor
 
 from .conftest import click_body, keypoint, rectangle, upload_ref
@@ -20,7 +21,8 @@ from .conftest import click_body, keypoint, rectangle, upload_ref
 
 @pytest.fixture(scope="module")
 def predictor(model_path) -> Predictor:
-    return Predictor(model_path, threads=1)  # same threads as the test workers
+    # what the test workers run: one thread, the focus view as the environment sets it
+    return Predictor(model_path, threads=1, focus=Settings.from_env().focus_view)
 
 
 def direct_mask(predictor, image, points, box=None) -> np.ndarray:

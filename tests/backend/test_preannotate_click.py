@@ -17,6 +17,7 @@ from squeezesam.backend.labelstudio import (
     parse_label_config,
     task_regions,
 )
+from squeezesam.backend.settings import Settings
 from squeezesam.models.objects import find_objects
 from squeezesam.models.predictor import Predictor
 
@@ -55,7 +56,8 @@ def test_task_regions_prefer_the_annotators_work():
 
 @pytest.fixture(scope="module")
 def predictor(model_path) -> Predictor:
-    return Predictor(model_path, threads=1)  # the same threads as the test workers
+    # what the test workers run: one thread, the focus view as the environment sets it
+    return Predictor(model_path, threads=1, focus=Settings.from_env().focus_view)
 
 
 @pytest.fixture(scope="module")

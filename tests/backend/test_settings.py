@@ -37,3 +37,9 @@ def test_readme_settings_table_is_generated_from_the_settings():
     assert settings_table() in README.read_text(), (
         "README.md's settings table is stale: paste `python -m squeezesam.backend.settings`"
     )
+
+
+def test_the_focus_view_is_on_unless_turned_off():
+    assert Settings().focus_view is True
+    assert Settings.from_env({"SQUEEZESAM_FOCUS_VIEW": "false"}).focus_view is False
+    assert Settings.from_env({"SQUEEZESAM_FOCUS_VIEW": "1"}).focus_view is True

@@ -4,10 +4,11 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 
-from squeezesam.models.clicks import Click, first_click
+from squeezesam.models.clicks import Click, first_click, iou
 from squeezesam.models.predictor import Predictor, letterbox
 
 
@@ -117,3 +118,55 @@ def test_flip_averaging_makes_the_prediction_mirror_equivariant(shipped_model, v
     assert agree > 0.995, agree
     one = single.predict(single.prepare(image), [click]).mask
     assert (one & mask).sum() / max((one | mask).sum(), 1) > 0.9
+
+
+class CountingPasses(Predictor):
+    passes = 0
+
+    def run_network(self, *args, **kwargs):
+        self.passes += 1
+        return super().run_network(*args, **kwargs)
+
+
+def small_subject(val_samples) -> tuple[np.ndarray, np.ndarray]:
+    """A val person/pet shrunk to a fifth and set on a plain grey canvas: (image, mask)."""
+    sample = next(s for s in val_samples if s.objects[0].label in ("person", "pet"))
+    image, mask = sample.load_image(), sample.load_mask() == sample.objects[0].index
+    h, w = image.shape[:2]
+    sh, sw = h // 5, w // 5
+    canvas = np.full((h, w, 3), 128, np.uint8)
+    small_mask = np.zeros((h, w), bool)
+    canvas[h // 3 : h // 3 + sh, w // 3 : w // 3 + sw] = cv2.resize(image, (sw, sh))
+    small_mask[h // 3 : h // 3 + sh, w // 3 : w // 3 + sw] = cv2.resize(
+        mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST
+    ).astype(bool)
+    return canvas, small_mask
+
+
+def test_focus_view_predicts_a_small_object_again_on_its_crop(val_samples, shipped_model):
+    image, gt = small_subject(val_samples)
+    plain = CountingPasses(shipped_model, threads=1)
+    focused = CountingPasses(shipped_model, threads=1, focus=True)
+    click = first_click(gt)
+    a = plain.predict(plain.prepare(image), [click])
+    b = focused.predict(focused.prepare(image), [click])
+    assert (plain.passes, focused.passes) == (1, 2)
+    assert b.mask.shape == gt.shape and iou(b.mask, gt) > 0.6
+    # nothing outside the object's neighbourhood: the crop is pasted back, the rest is 0
+    ys, xs = np.nonzero(gt)
+    far = np.ones_like(gt)
+    far[max(0, ys.min() - gt.shape[0] // 4) : ys.max() + gt.shape[0] // 4,
+        max(0, xs.min() - gt.shape[1] // 4) : xs.max() + gt.shape[1] // 4] = False  # fmt: skip
+    assert not b.mask[far].any()
+    assert a.mask.any()
+
+
+def test_focus_view_leaves_a_large_object_to_the_first_pass(val_samples, shipped_model):
+    sample = next(s for s in val_samples if s.objects[0].label in ("person", "pet"))
+    image, gt = sample.load_image(), sample.load_mask() == sample.objects[0].index
+    plain = CountingPasses(shipped_model, threads=1)
+    focused = CountingPasses(shipped_model, threads=1, focus=True)
+    click = first_click(gt)
+    a = plain.predict(plain.prepare(image), [click])
+    b = focused.predict(focused.prepare(image), [click])
+    assert focused.passes == 1 and np.array_equal(a.mask, b.mask) and a.score == b.score

@@ -2,22 +2,24 @@
 
 import numpy as np
 
-from squeezesam.models.clicks import Click, Clicker, iou
+from squeezesam.models.clicks import Click, Clicker, iou, object_roi
 from squeezesam.models.predictor import Predictor
-from squeezesam.models.zoom import MIN_CROP, ZoomState, object_roi, predict_zoomed
+from squeezesam.models.zoom import EXPANSION, MIN_CROP, ZoomState, predict_zoomed
 
 
 def test_roi_holds_previous_mask_and_clicks_expanded():
     prev = np.zeros((400, 600), np.float32)
     prev[100:200, 300:400] = 1.0
-    y0, y1, x0, x1 = object_roi(prev, [Click(150, 350, True), Click(250, 350, False)], (400, 600))
+    y0, y1, x0, x1 = object_roi(
+        prev, [Click(150, 350, True), Click(250, 350, False)], (400, 600), EXPANSION, MIN_CROP
+    )
     assert y0 <= 100 and y1 >= 251 and x0 <= 300 and x1 >= 400
     # expanded by 1.4 around the union box (rows 100..250, columns 300..399)
     assert (y1 - y0) >= 1.39 * 151 and (x1 - x0) >= 1.39 * 100
 
 
 def test_roi_of_a_tiny_object_is_at_least_min_crop_and_inside_the_image():
-    y0, y1, x0, x1 = object_roi(None, [Click(2, 3, True)], (300, 300))
+    y0, y1, x0, x1 = object_roi(None, [Click(2, 3, True)], (300, 300), EXPANSION, MIN_CROP)
     assert (y0, x0) == (0, 0)
     assert y1 <= 300 and x1 <= 300
     assert y1 >= MIN_CROP // 2 and x1 >= MIN_CROP // 2

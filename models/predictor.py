@@ -3,7 +3,8 @@
 Split as in segment-anything's predictor: `prepare` (decode-side work: letterbox the
 image to the working size, done once per task and cacheable) apart from `predict`
 (one network pass per click). SqueezeSAM fuses clicks early, so there is no image
-embedding to reuse: every click is one full pass, which is why the pass is small.
+embedding to reuse: every click is one full pass, which is why the pass is small (two
+with the focus view, for a small object: `focus_view`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 For every image of the sets (default: those whose name starts with "coco", the ones with
 every instance annotated): each person/pet of at least 32x32 px counts as found when a
 zero-click region matches it at IoU >= 0.5, one region per object (models/evaluate.py's
-`crowd_matches`, as `squeezesam eval` prints it); unmatched = regions matching no
+`crowd_figures`, as `squeezesam eval` prints it); unmatched = regions matching no
 annotated object at IoU >= 0.5; passes = network passes per image.
 
 Baseline: the algorithm before 2026-12-07 (each salient component one pass, its interior
@@ -24,7 +24,7 @@ import numpy as np
 
 from squeezesam.models.clicks import iou
 from squeezesam.models.data import discover_sets, load_set
-from squeezesam.models.evaluate import CROWD_MIN_PIXELS, MIN_OBJECT_PIXELS, crowd_matches
+from squeezesam.models.evaluate import annotated_objects, crowd_figures
 from squeezesam.models.objects import (
     DEDUP_IOU,
     MIN_AREA_FRACTION,
@@ -90,27 +90,16 @@ def main() -> None:
         for sample in (s for s in load_set(folder) if s.split == args.split):
             image, mask = sample.load_image(), sample.load_mask()
             void = mask == 255
-            counts = np.bincount(mask.ravel(), minlength=256)
-            gts = {
-                o.index: mask == o.index
-                for o in sample.objects
-                if counts[o.index] >= MIN_OBJECT_PIXELS
-            }
-            people = {
-                o.index: gts[o.index]
-                for o in sample.objects
-                if o.index in gts and o.label in ("person", "pet")
-                and counts[o.index] >= CROWD_MIN_PIXELS
-            }  # fmt: skip
+            labels, areas = annotated_objects(sample, mask)
+            gts = {k: mask == k for k in labels}
             prepared = counting.predictor.prepare(image)
             for name, method in methods.items():
                 counting.passes = 0
                 masks = method(counting, prepared)
+                hits, unmatched = crowd_figures(masks, gts, labels, areas, void)
                 st = stats[name]
-                st["hits"] += crowd_matches(masks, people, void)
-                st["unmatched"].append(sum(
-                    max((iou(m, g, void) for g in gts.values()), default=0.0) < 0.5 for m in masks
-                ))  # fmt: skip
+                st["hits"] += hits
+                st["unmatched"].append(unmatched)
                 st["passes"].append(counting.passes)
     print(f"{args.split} split, model {Path(args.model).name}")
     for name, st in stats.items():

@@ -108,18 +108,40 @@ def crowd_matches(found_masks: list[np.ndarray], gts: dict[int, np.ndarray], voi
     return hits
 
 
+def crowd_figures(
+    masks: list[np.ndarray], gts: dict[int, np.ndarray], labels, areas, void: np.ndarray
+) -> tuple[list[bool], int]:
+    """One image's zero-click regions in a crowded scene: per person/pet of at least
+    CROWD_MIN_PIXELS whether a region matches it, and how many regions match no annotated
+    object at IoU >= 0.5 (unmatched)."""
+    crowd = {
+        k: gts[k]
+        for k in labels
+        if labels[k] in ("person", "pet") and areas[k] * void.size >= CROWD_MIN_PIXELS
+    }
+    unmatched = sum(
+        1 for m in masks if max((iou(m, g, void) for g in gts.values()), default=0) < 0.5
+    )
+    return crowd_matches(masks, crowd, void), unmatched
+
+
+def annotated_objects(sample: Sample, mask: np.ndarray) -> tuple[dict[int, str], dict[int, float]]:
+    """({index: label}, {index: share of the image}) of the objects evaluated: those of at
+    least MIN_OBJECT_PIXELS."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    labels = {o.index: o.label for o in sample.objects if counts[o.index] >= MIN_OBJECT_PIXELS}
+    return labels, {k: counts[k] / mask.size for k in labels}
+
+
 def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
     from squeezesam.models.objects import find_objects
 
     found = find_objects(seg.predictor, state.full, saliency_size=seg.saliency_size)
     void = mask == 255
     gts = {k: mask == k for k in labels}
-    crowd = {
-        k: gts[k]
-        for k in labels
-        if labels[k] in ("person", "pet") and areas[k] * mask.size >= CROWD_MIN_PIXELS
-    }
-    res.crowd_found += crowd_matches([f.mask for f in found], crowd, void)
+    hits, unmatched = crowd_figures([f.mask for f in found], gts, labels, areas, void)
+    res.crowd_found += hits
+    res.zero_false.append(unmatched)
     salient = salient_objects(labels, areas)
     used: set[int] = set()
     for k in sorted(salient, key=lambda k: -areas[k]):
@@ -132,19 +154,13 @@ def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Res
                 res.zero_label_hits.append(found[j].label == labels[k])
         if labels[k] in ("person", "pet"):
             res.zero_found.append(best >= 0.5)
-    false = sum(
-        1 for f in found if max((iou(f.mask, g, void) for g in gts.values()), default=0) < 0.5
-    )
-    res.zero_false.append(false)
 
 
 def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res: Results) -> None:
     image, mask = sample.load_image(), sample.load_mask()
     state = seg.prepare(image)
     void = mask == 255
-    counts = np.bincount(mask.ravel(), minlength=256)
-    labels = {o.index: o.label for o in sample.objects if counts[o.index] >= MIN_OBJECT_PIXELS}
-    areas = {k: counts[k] / mask.size for k in labels}
+    labels, areas = annotated_objects(sample, mask)
     res.images += 1
     for k, label in labels.items():
         gt = mask == k
@@ -152,7 +168,7 @@ def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res
         res.ious.append(curve)
         res.image_of.append(res.images)
         res.labels.append(label)
-        res.pixels.append(int(counts[k]))
+        res.pixels.append(int(gt.sum()))
         if label in ("person", "pet", "other") and isinstance(seg, OnnxSegmenter):
             res.label_hits.append(predicted == label)
         if part_clicks:

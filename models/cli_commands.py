@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--focus", action="store_true",
-        help="refine each small object with a pass on its crop (FocalClick; models/zoom.py)",
+        help="refine each small object with a pass on its crop (FocalClick; models/predictor.py)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

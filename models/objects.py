@@ -164,11 +164,11 @@ def _cover_group(
 ) -> None:
     """Click the largest uncovered part of a group, one object a pass, until what is left
     is small, COVER_PASSES are spent or max_objects are found."""
+    for r in found:  # objects of earlier components may reach into this one
+        rest &= ~r.mask
     for _ in range(COVER_PASSES):
         if len(found) >= max_objects:
             return
-        for r in found:
-            rest &= ~r.mask
         count, labels, stats, _ = cv2.connectedComponentsWithStats(rest.astype(np.uint8))
         if count <= 1:
             return

@@ -1,4 +1,4 @@
-"""Model subcommands of the `squeezesam` CLI: train-base, export, eval.
+"""Model subcommands of the `squeezesam` CLI: train-base, export, soup, eval.
 
 Imports of torch-using modules happen inside the handlers, so `squeezesam serve`
 never imports torch.
@@ -17,6 +17,12 @@ def _train_base(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from squeezesam.models.export import main_args
+
+    main_args(args)
+
+
+def _soup(args: argparse.Namespace) -> None:
+    from squeezesam.models.soup import main_args
 
     main_args(args)
 
@@ -75,6 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", help="model version string (default: from the checkpoint step)")
     p.set_defaults(func=_export)
 
+    p = subparsers.add_parser(
+        "soup", help="average checkpoints of one run into one (a model soup; models/soup.py)"
+    )
+    p.add_argument("--out", required=True, help="fp16 checkpoint to write")
+    p.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT[:WEIGHT]",
+        help="fp16 checkpoints of one lineage, each with an optional weight (default 1)",
+    )  # fmt: skip
+    p.set_defaults(func=_soup)
+
     p = subparsers.add_parser("eval", help="interactive-segmentation evaluation (NoC protocol)")
     p.add_argument("--data", required=True, help="a set folder, or a root of sets")
     g = p.add_mutually_exclusive_group()
@@ -84,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        metavar="MODEL|grabcut|zoom-in|flip|focus",
+        metavar="MODEL|grabcut|zoom-in|flip|focus|mergeN",
         help="a second model, grabcut, or this model with --zoom-in, --flip or --focus, on "
         "the same objects: paired NoC@90 difference",
     )
@@ -122,6 +138,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--focus", action="store_true",
         help="refine each small object with a pass on its crop (FocalClick; models/predictor.py)",
+    )  # fmt: skip
+    p.add_argument(
+        "--merge-from", type=int, default=0, metavar="N",
+        help="from the Nth click on, keep only the change under the new click (FocalClick's "
+        "progressive merge; 0 = off)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     p.set_defaults(func=_eval)

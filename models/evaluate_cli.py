@@ -4,6 +4,7 @@ under --data, the figures as text or one JSON object (`models/evaluate.py` compu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from squeezesam.models.data import discover_sets
@@ -25,6 +26,7 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
         zoom_in=args.zoom_in,
         flip=args.flip,
         focus=args.focus,
+        merge_from=args.merge_from,
         # the model under evaluation only: `--compare` the same file at its own size
         working_size=(args.working_size or None) if what == "model" else None,
     )
@@ -57,6 +59,13 @@ def main_args(args) -> None:  # called by the CLI
             raise SystemExit("squeezesam eval: --compare focus needs a model without --focus")
         compare = onnx_segmenter(seg.predictor.model_path, args)
         compare.predictor.focus, compare.name = True, seg.name + "+focus"
+    elif merge := re.fullmatch(r"merge(\d*)", args.compare or ""):
+        # the same model, FocalClick's progressive merge from click N (default 2)
+        if not isinstance(seg, OnnxSegmenter) or args.merge_from:
+            raise SystemExit("squeezesam eval: --compare mergeN needs a model without --merge-from")
+        compare = onnx_segmenter(seg.predictor.model_path, args)
+        compare.predictor.merge_from = max(2, int(merge.group(1) or 2))
+        compare.name = seg.name + f"+merge{compare.predictor.merge_from}"
     elif args.compare:
         compare = onnx_segmenter(Path(args.compare), args, "--compare model")
     folders = discover_sets(data) if args.per_set else [data]

@@ -32,6 +32,22 @@ FOCUS_EXPANSION = 1.4
 FOCUS_MIN_CROP = 64
 FOCUS_MIN_GAIN = 2.0
 
+
+def progressive_merge(prob: np.ndarray, prev: np.ndarray, click: Click) -> np.ndarray:
+    """FocalClick's progressive merge (Chen et al. 2022): of what the new pass changed
+    against the previous mask, keep only the connected change under the new click; the
+    rest of the previous mask stands, so a corrective click cannot undo settled parts
+    far from it. Both probabilities at working resolution; the click in its pixels."""
+    new, old = prob > 0.5, prev > 0.5
+    y = min(max(int(click.y), 0), prob.shape[0] - 1)
+    x = min(max(int(click.x), 0), prob.shape[1] - 1)
+    changed = new != old
+    if not changed[y, x]:  # the pass did not follow the click: nothing local to merge
+        return prob
+    _, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+    return np.where(labels == labels[y, x], prob, prev).astype(np.float32)
+
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL_PATH = WEIGHTS_DIR / "squeezesam_int8.onnx"
 
@@ -115,8 +131,11 @@ class Predictor:
         working_size: int | None = None,
         flip: bool = False,
         focus: bool = False,
+        merge_from: int = 0,
     ) -> None:
         self.model_path = Path(model_path)
+        # progressive merge from this many clicks on (0: off; measured in the model card)
+        self.merge_from = merge_from
         # a second pass on the crop of a small object (FOCUS_*; measured in the model card)
         self.focus = focus
         # test-time flip averaging: two passes a prediction (measured in the model card)
@@ -187,6 +206,8 @@ class Predictor:
         prob = _sigmoid(logits[:h, :w])
         if self.focus:
             prob, score, cls = self.focus_view(prepared, working_clicks, prob, score, cls)
+        if self.merge_from and prev is not None and len(clicks) >= self.merge_from:
+            prob = progressive_merge(prob, prev[:h, :w], working_clicks[-1])
         oh, ow = prepared.original_size
         full = cv2.resize(prob, (ow, oh), interpolation=cv2.INTER_LINEAR)
         label, class_probs = classify(cls)

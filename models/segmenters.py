@@ -37,12 +37,19 @@ class OnnxSegmenter:
         flip: bool = False,
         working_size: int | None = None,
         focus: bool = False,
+        merge_from: int = 0,
     ) -> None:
         self.predictor = Predictor(
-            model_path, threads=threads or None, working_size=working_size, flip=flip, focus=focus
+            model_path,
+            threads=threads or None,
+            working_size=working_size,
+            flip=flip,
+            focus=focus,
+            merge_from=merge_from,
         )
         suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
         suffix += "+focus" if focus else ""
+        suffix += f"+merge{merge_from}" if merge_from else ""
         if working_size:
             suffix += f"@{working_size}"
         self.name = self.predictor.version + suffix

@@ -151,3 +151,18 @@ def test_crowd_matching_uses_each_region_once_and_needs_iou_half():
     third = np.zeros((10, 10), bool)
     third[:2] = True
     assert crowd_matches([third], {1: a}, void) == [False]
+
+
+def test_compare_merge_clicks_the_same_model_with_progressive_merge(tiny_set):
+    r = run_eval(
+        "--data", str(tiny_set), "--compare", "merge2", "--max-clicks", "4", "--threads", "1",
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    other = out["compare"]
+    assert other["model"] == out["model"] + "+merge2"
+    # the merge starts at the second click: the first is the same pass
+    assert other["miou_1click"] == out["miou_1click"]
+    r = run_eval("--data", str(tiny_set), "--merge-from", "3", "--compare", "merge")
+    assert r.returncode != 0 and "--compare mergeN" in r.stderr

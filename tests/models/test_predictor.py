@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from squeezesam.models.clicks import Click, first_click, iou
-from squeezesam.models.predictor import Predictor, letterbox
+from squeezesam.models.predictor import Predictor, letterbox, progressive_merge
 
 
 def test_letterbox_pads_to_stride_and_keeps_scale():
@@ -170,3 +170,34 @@ def test_focus_view_leaves_a_large_object_to_the_first_pass(val_samples, shipped
     a = plain.predict(plain.prepare(image), [click])
     b = focused.predict(focused.prepare(image), [click])
     assert focused.passes == 1 and np.array_equal(a.mask, b.mask) and a.score == b.score
+
+
+def _square(y0: int, y1: int, x0: int, x1: int, size: int = 64) -> np.ndarray:
+    out = np.zeros((size, size), np.float32)
+    out[y0:y1, x0:x1] = 0.9
+    return out
+
+
+def test_progressive_merge_keeps_only_the_change_under_a_positive_click():
+    prev = _square(10, 30, 10, 30)
+    new = np.maximum(_square(10, 30, 10, 40), _square(50, 60, 50, 60))  # grown + far blob
+    new[12:16, 12:16] = 0.1  # and a hole far from the click
+    merged = progressive_merge(new, prev, Click(20, 35, True))
+    assert (merged > 0.5)[10:30, 30:40].all()  # the growth under the click is taken
+    assert not (merged > 0.5)[50:60, 50:60].any()  # the far blob is not
+    assert (merged > 0.5)[12:16, 12:16].all()  # nor the far hole
+    assert merged.dtype == np.float32
+
+
+def test_progressive_merge_removes_only_the_part_under_a_negative_click():
+    prev = np.maximum(_square(10, 30, 10, 30), _square(40, 50, 40, 60))
+    new = _square(10, 20, 10, 30)  # drops the far block and the square's lower half
+    merged = progressive_merge(new, prev, Click(45, 50, False))
+    assert not (merged > 0.5)[40:50, 40:60].any()
+    assert (merged > 0.5)[20:30, 10:30].all()
+
+
+def test_progressive_merge_takes_the_new_pass_when_it_ignored_the_click():
+    prev = _square(10, 30, 10, 30)
+    new = _square(12, 28, 12, 28)
+    assert progressive_merge(new, prev, Click(50, 50, True)) is new

@@ -102,9 +102,12 @@ def quantize(
     set_metadata(int8_path, metadata)
 
 
-def model_version(checkpoint: Path, step: int) -> str:
+def model_version(checkpoint: Path, step: int, meta: dict | None = None) -> str:
+    """squeezesam-base-s<step>-<digest>; `soup` instead of `base` for an average of
+    checkpoints (models/soup.py), <step> then the latest ingredient's."""
     digest = hashlib.sha1(checkpoint.read_bytes()).hexdigest()[:8]
-    return f"squeezesam-base-s{step}-{digest}"
+    kind = "soup" if (meta or {}).get("soup") else "base"
+    return f"squeezesam-{kind}-s{step}-{digest}"
 
 
 def export_checkpoint(
@@ -114,8 +117,8 @@ def export_checkpoint(
     version: str | None = None,
     calibration_count: int = 24,
 ) -> tuple[Path, Path, str]:
-    model, step, _ = load_checkpoint(checkpoint)
-    version = version or model_version(checkpoint, step)
+    model, step, meta = load_checkpoint(checkpoint)
+    version = version or model_version(checkpoint, step, meta)
     metadata = {
         "model_version": version,
         "working_size": str(DEFAULT_WORKING_SIZE),

@@ -101,8 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         metavar="MODEL|grabcut|zoom-in|flip|focus|mergeN",
-        help="a second model, grabcut, or this model with --zoom-in, --flip or --focus, on "
-        "the same objects: paired NoC@90 difference",
+        help="a second model, grabcut, or this model with --zoom-in, --flip, --focus or "
+        "--merge-from N, on the same objects: paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)

@@ -34,6 +34,8 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
 
 def main_args(args) -> None:  # called by the CLI
     data = Path(args.data)
+    if args.merge_from < 0 or args.merge_from == 1:
+        raise SystemExit("squeezesam eval: --merge-from must be 0 (off) or 2 and more")
     if not data.exists():
         raise SystemExit(f"squeezesam eval: --data {data} does not exist")
     seg: Segmenter = (

@@ -33,21 +33,6 @@ FOCUS_MIN_CROP = 64
 FOCUS_MIN_GAIN = 2.0
 
 
-def progressive_merge(prob: np.ndarray, prev: np.ndarray, click: Click) -> np.ndarray:
-    """FocalClick's progressive merge (Chen et al. 2022): of what the new pass changed
-    against the previous mask, keep only the connected change under the new click; the
-    rest of the previous mask stands, so a corrective click cannot undo settled parts
-    far from it. Both probabilities at working resolution; the click in its pixels."""
-    new, old = prob > 0.5, prev > 0.5
-    y = min(max(int(click.y), 0), prob.shape[0] - 1)
-    x = min(max(int(click.x), 0), prob.shape[1] - 1)
-    changed = new != old
-    if not changed[y, x]:  # the pass did not follow the click: nothing local to merge
-        return prob
-    _, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
-    return np.where(labels == labels[y, x], prob, prev).astype(np.float32)
-
-
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL_PATH = WEIGHTS_DIR / "squeezesam_int8.onnx"
 
@@ -119,6 +104,21 @@ def _mirror(a: np.ndarray, w: int) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def progressive_merge(prob: np.ndarray, prev: np.ndarray, click: Click) -> np.ndarray:
+    """FocalClick's progressive merge (Chen et al. 2022): of what the new pass changed
+    against the previous mask, keep only the connected change under the new click; the
+    rest of the previous mask stands, so a corrective click cannot undo settled parts
+    far from it. Both probabilities at working resolution; the click in its pixels."""
+    new, old = prob > 0.5, prev > 0.5
+    y = min(max(int(click.y), 0), prob.shape[0] - 1)
+    x = min(max(int(click.x), 0), prob.shape[1] - 1)
+    changed = new != old
+    if not changed[y, x]:  # the pass did not follow the click: nothing local to merge
+        return prob
+    _, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
+    return np.where(labels == labels[y, x], prob, prev).astype(np.float32)
 
 
 class Predictor:

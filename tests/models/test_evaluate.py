@@ -166,3 +166,5 @@ def test_compare_merge_clicks_the_same_model_with_progressive_merge(tiny_set):
     assert other["miou_1click"] == out["miou_1click"]
     r = run_eval("--data", str(tiny_set), "--merge-from", "3", "--compare", "merge")
     assert r.returncode != 0 and "--compare mergeN" in r.stderr
+    r = run_eval("--data", str(tiny_set), "--merge-from", "1")
+    assert r.returncode != 0 and "--merge-from must be 0" in r.stderr

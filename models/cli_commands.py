@@ -7,6 +7,7 @@ never imports torch.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _train_base(args: argparse.Namespace) -> None:
@@ -35,17 +36,23 @@ def _eval(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # the path only: importing .train here would import torch into every process
-    from squeezesam.models.augment import CROWD_P, MAX_SCALE, ROLLOUT_P
     from squeezesam.models.predictor import WEIGHTS_DIR
 
-    CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"  # noqa: N806 (same as train.CHECKPOINT)
+    checkpoint = WEIGHTS_DIR / "squeezesam_fp16.pt"  # same as train.CHECKPOINT
+    _register_train(subparsers, checkpoint)
+    _register_export_and_soup(subparsers, checkpoint)
+    _register_eval(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) -> None:
+    from squeezesam.models.augment import CROWD_P, MAX_SCALE, ROLLOUT_P
 
     p = subparsers.add_parser(
         "train-base", help="train SqueezeSAM on the shared data (CPU, resumable)"
     )
     p.add_argument("--data", help="root of image sets (default: ../shared/data)")
     p.add_argument(
-        "--checkpoint", default=str(CHECKPOINT), help="fp16 weights to resume from and write"
+        "--checkpoint", default=str(checkpoint), help="fp16 weights to resume from and write"
     )
     p.add_argument("--steps", type=int, default=2000, help="steps to run now")
     p.add_argument("--total-steps", type=int, default=4500, help="cosine schedule length")
@@ -74,8 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.set_defaults(func=_train_base)
 
+
+def _register_export_and_soup(subparsers: argparse._SubParsersAction, checkpoint: Path) -> None:
     p = subparsers.add_parser("export", help="export the checkpoint to ONNX fp32 + int8")
-    p.add_argument("--checkpoint", default=str(CHECKPOINT))
+    p.add_argument("--checkpoint", default=str(checkpoint))
     p.add_argument("--out-dir", help="default: models/weights")
     p.add_argument("--data", help="calibration images root (default: ../shared/data)")
     p.add_argument("--version", help="model version string (default: from the checkpoint step)")
@@ -91,6 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.set_defaults(func=_soup)
 
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="interactive-segmentation evaluation (NoC protocol)")
     p.add_argument("--data", required=True, help="a set folder, or a root of sets")
     g = p.add_mutually_exclusive_group()

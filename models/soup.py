@@ -15,12 +15,9 @@ run continues the cosine schedule from there) and its meta names the ingredients
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("squeezesam.soup")
 
 
 class SoupError(ValueError):
@@ -30,10 +27,13 @@ class SoupError(ValueError):
 def parse_ingredient(text: str) -> tuple[Path, float]:
     """`PATH` or `PATH:WEIGHT` -> (path, weight); weight 1 when left out."""
     path, sep, weight = text.rpartition(":")
-    if not sep or not weight.replace(".", "", 1).isdigit():
+    try:
+        value = float(weight) if sep else None
+    except ValueError:  # a colon that is part of the path
+        value = None
+    if value is None:
         return Path(text), 1.0
-    value = float(weight)
-    if value <= 0:
+    if not value > 0:
         raise SoupError(f"weight of {path} must be positive, got {weight}")
     return Path(path), value
 
@@ -47,7 +47,13 @@ def average_checkpoints(ingredients: list[tuple[Path, float]]) -> dict:
     for path, _ in ingredients:
         if not path.is_file():
             raise SoupError(f"checkpoint {path} not found")
-        blobs.append(torch.load(path, map_location="cpu"))
+        try:
+            blob = torch.load(path, map_location="cpu")
+        except Exception as exc:  # not a torch file, truncated, or unpicklable
+            raise SoupError(f"{path} is not a checkpoint ({type(exc).__name__})") from exc
+        if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+            raise SoupError(f"{path} is not a checkpoint (no state_dict)")
+        blobs.append(blob)
     total = sum(w for _, w in ingredients)
     weights = [w / total for _, w in ingredients]
     first = blobs[0]["state_dict"]
@@ -66,7 +72,7 @@ def average_checkpoints(ingredients: list[tuple[Path, float]]) -> dict:
             state[key] = sum(w * b["state_dict"][key].float() for w, b in parts).to(value.dtype)
         else:
             state[key] = value
-    meta = dict(first.get("meta") or blobs[0].get("meta") or {})
+    meta = dict(blobs[0].get("meta") or {})
     meta["soup"] = [
         {"checkpoint": path.name, "step": int(b.get("step", 0)), "weight": round(w, 4)}
         for (path, _), b, w in zip(ingredients, blobs, weights, strict=True)
@@ -75,7 +81,6 @@ def average_checkpoints(ingredients: list[tuple[Path, float]]) -> dict:
 
 
 def main_args(args) -> None:  # called by the CLI
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     try:
         blob = average_checkpoints([parse_ingredient(t) for t in args.checkpoints])

@@ -67,6 +67,8 @@ def test_ingredient_weights_parse_and_default_to_one():
     assert parse_ingredient("runs/a_fp16.pt:0.35")[1] == 0.35
     with pytest.raises(SoupError, match="must be positive"):
         parse_ingredient("runs/a_fp16.pt:0")
+    with pytest.raises(SoupError, match="must be positive"):
+        parse_ingredient("runs/a_fp16.pt:-1")
 
 
 def test_soup_refuses_one_checkpoint_a_missing_file_and_another_network(two_checkpoints, tmp_path):
@@ -80,6 +82,9 @@ def test_soup_refuses_one_checkpoint_a_missing_file_and_another_network(two_chec
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(SoupError, match="not the same network"):
         average_checkpoints([(a, 1.0), (tmp_path / "other.pt", 1.0)])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(SoupError, match="is not a checkpoint"):
+        average_checkpoints([(a, 1.0), (tmp_path / "text.pt", 1.0)])
 
 
 def test_soup_command_writes_a_checkpoint_or_names_the_problem(two_checkpoints, tmp_path):

@@ -3,6 +3,7 @@ under --data, the figures as text or one JSON object (`models/evaluate.py` compu
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -32,6 +33,22 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
     )
 
 
+def same_model_with(
+    seg: Segmenter, args, label: str, option: str, value: object, suffix: str
+) -> OnnxSegmenter:
+    """`--compare <label>`: the model under evaluation once more with one inference option
+    (`option`, the attribute of the command line's --option) set to `value`, named after it
+    with `suffix`; a CLI error when there is no model or the option is already on."""
+    if not isinstance(seg, OnnxSegmenter) or getattr(args, option):
+        flag = "--" + option.replace("_", "-")
+        raise SystemExit(f"squeezesam eval: --compare {label} needs a model without {flag}")
+    compare = onnx_segmenter(
+        seg.predictor.model_path, argparse.Namespace(**{**vars(args), option: value})
+    )
+    compare.name = seg.name + suffix
+    return compare
+
+
 def main_args(args) -> None:  # called by the CLI
     data = Path(args.data)
     if args.merge_from < 0 or args.merge_from == 1:
@@ -46,28 +63,16 @@ def main_args(args) -> None:  # called by the CLI
     compare: Segmenter | None = None
     if args.compare == "grabcut":
         compare = GrabCutSegmenter()
-    elif args.compare == "zoom-in":  # the same model, corrective clicks zoomed in
-        if not isinstance(seg, OnnxSegmenter) or args.zoom_in:
-            raise SystemExit("squeezesam eval: --compare zoom-in needs a model without --zoom-in")
-        compare = onnx_segmenter(seg.predictor.model_path, args)
-        compare.zoom_in, compare.name = True, seg.name + "+zoom"
-    elif args.compare == "flip":  # the same model, each pass averaged with its mirror
-        if not isinstance(seg, OnnxSegmenter) or args.flip:
-            raise SystemExit("squeezesam eval: --compare flip needs a model without --flip")
-        compare = onnx_segmenter(seg.predictor.model_path, args)
-        compare.predictor.flip, compare.name = True, seg.name + "+flip"
-    elif args.compare == "focus":  # the same model, small objects refined on their crop
-        if not isinstance(seg, OnnxSegmenter) or args.focus:
-            raise SystemExit("squeezesam eval: --compare focus needs a model without --focus")
-        compare = onnx_segmenter(seg.predictor.model_path, args)
-        compare.predictor.focus, compare.name = True, seg.name + "+focus"
+    elif args.compare == "zoom-in":  # corrective clicks zoomed in
+        compare = same_model_with(seg, args, "zoom-in", "zoom_in", True, "+zoom")
+    elif args.compare == "flip":  # each pass averaged with its mirror
+        compare = same_model_with(seg, args, "flip", "flip", True, "+flip")
+    elif args.compare == "focus":  # small objects refined on their crop
+        compare = same_model_with(seg, args, "focus", "focus", True, "+focus")
     elif merge := re.fullmatch(r"merge(\d*)", args.compare or ""):
-        # the same model, FocalClick's progressive merge from click N (default 2)
-        if not isinstance(seg, OnnxSegmenter) or args.merge_from:
-            raise SystemExit("squeezesam eval: --compare mergeN needs a model without --merge-from")
-        compare = onnx_segmenter(seg.predictor.model_path, args)
-        compare.predictor.merge_from = max(2, int(merge.group(1) or 2))
-        compare.name = seg.name + f"+merge{compare.predictor.merge_from}"
+        # FocalClick's progressive merge from click N (default 2)
+        n = max(2, int(merge.group(1) or 2))
+        compare = same_model_with(seg, args, "mergeN", "merge_from", n, f"+merge{n}")
     elif args.compare:
         compare = onnx_segmenter(Path(args.compare), args, "--compare model")
     folders = discover_sets(data) if args.per_set else [data]

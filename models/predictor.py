@@ -32,7 +32,6 @@ FOCUS_EXPANSION = 1.4
 FOCUS_MIN_CROP = 64
 FOCUS_MIN_GAIN = 2.0
 
-
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL_PATH = WEIGHTS_DIR / "squeezesam_int8.onnx"
 

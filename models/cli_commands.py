@@ -10,6 +10,20 @@ import argparse
 from pathlib import Path
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _train_base(args: argparse.Namespace) -> None:
     from squeezesam.models.train import main_args
 
@@ -70,6 +84,14 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
     p.add_argument(
         "--rollout-p", type=float, default=ROLLOUT_P,
         help="share of click examples trained on no-grad rollouts (RITM); 0 = synthetic only",
+    )  # fmt: skip
+    p.add_argument(
+        "--rollout-iters", type=_at_least_one, default=3,
+        help="a rollout adds 1..N clicks on the network's own errors (RITM: 3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--click-weight", type=_non_negative, default=0.0,
+        help="extra mask-loss weight near a rollout's last click (0 = off)",
     )  # fmt: skip
     p.add_argument(
         "--crowd-p", type=float, default=CROWD_P,

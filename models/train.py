@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
 # whose COCO labels slipped (label_accuracy coco128 0.84 -> 0.80); runs from s20700 at
 # 0.5 got them back (0.84-0.87, MODEL_CARD) while the mask loss still dominates.
 CLASS_LOSS_WEIGHT = 0.5
+# Pixels of the training size (384-512) around a rollout's last click that --click-weight
+# weighs up: about the size of the error regions Berkeley's late clicks land in.
+CLICK_WEIGHT_RADIUS = 16
 log = logging.getLogger("squeezesam.train")
 
 
@@ -53,6 +57,8 @@ class TrainConfig:
     rollout_p: float = ROLLOUT_P  # share of click examples trained on rollouts
     crowd_p: float = CROWD_P  # share of examples made crowd scenes (augment.py)
     crowd_clicks: bool = True  # False: crowds in zero-click examples only
+    rollout_iters: int = 3  # a rollout adds 1..rollout_iters clicks (RITM: 3)
+    click_weight: float = 0.0  # extra mask-loss weight around a rollout's last click
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -140,6 +146,7 @@ def rollout(
     rng: np.random.Generator,
     p: float,
     max_iters: int = 3,
+    click_weight: float = 0.0,
 ) -> int:
     """RITM's iterative training (Sofiiuk et al. 2022, section 3.2): for a share `p` of the
     click examples, drop the synthetic later clicks and previous mask, run the network
@@ -147,7 +154,10 @@ def rollout(
     clicker's next click on the network's own errors and feeding its binary mask back,
     exactly as evaluation and serving do. Teaches corrective clicks on the errors this
     network makes rather than on perturbed ground truth. Over-merge corrections
-    (`Example.keep_clicks`) keep their synthetic clicks. Returns examples rolled out."""
+    (`Example.keep_clicks`) keep their synthetic clicks. With `click_weight`, the mask
+    loss weighs the pixels within CLICK_WEIGHT_RADIUS of the last click (1 + click_weight)
+    times: late corrective clicks that leave the mask unchanged near them (Berkeley's
+    plateaus, MODEL_CARD) then cost more. Returns examples rolled out."""
     chosen = [
         e for e in examples
         if not e.zero_click and not e.keep_clicks and e.image is not None
@@ -172,6 +182,11 @@ def rollout(
     model.train(was_training)
     for e, c, m in zip(chosen, clicks, prev, strict=True):
         e.input = encode_prompt(e.image, c, m)
+        if click_weight > 0 and len(c) > 1:
+            near = np.zeros_like(e.weight)
+            cv2.circle(near, (int(round(c[-1].x)), int(round(c[-1].y))), CLICK_WEIGHT_RADIUS,
+                       float(click_weight), thickness=-1)  # fmt: skip
+            e.weight = e.weight * (1.0 + near)  # a new array: void (0) stays 0
     return len(chosen)
 
 
@@ -188,9 +203,10 @@ def train_step(
         g["lr"] = lr
     logits, iou_pred, cls = model(x)
     loss_mask = mask_loss(logits, target, weight)
-    with torch.no_grad():
-        pred = (logits > 0).float() * weight
-        t = target * weight
+    with torch.no_grad():  # the IoU head's target: plain IoU over non-void pixels
+        valid = (weight > 0).float()
+        pred = (logits > 0).float() * valid
+        t = target * valid
         inter = (pred * t).sum((1, 2, 3))
         union = ((pred + t) > 0).float().sum((1, 2, 3))
         true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
@@ -259,7 +275,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         rng = np.random.default_rng([cfg.seed, step])
         lr = cosine_lr(cfg.lr, step, cfg.total_steps, start)
         examples = draw_batch(maker, rng, cfg.batch)
-        rollout(model, examples, rng, cfg.rollout_p)
+        rollout(model, examples, rng, cfg.rollout_p, cfg.rollout_iters, cfg.click_weight)
         losses = train_step(model, opt, examples, lr)
         seconds += time.time() - t_step
         bar.set_postfix(
@@ -304,5 +320,7 @@ def main_args(args) -> None:  # called by the CLI
         rollout_p=args.rollout_p,
         crowd_p=args.crowd_p,
         crowd_clicks=not args.crowd_zero_click_only,
+        rollout_iters=args.rollout_iters,
+        click_weight=args.click_weight,
     )
     train(cfg)

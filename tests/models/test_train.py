@@ -12,6 +12,7 @@ import torch
 from squeezesam.models.augment import ExampleMaker, Loaded
 from squeezesam.models.network import build_model
 from squeezesam.models.train import (
+    CLICK_WEIGHT_RADIUS,
     cosine_lr,
     draw_batch,
     load_checkpoint,
@@ -70,6 +71,30 @@ def test_rollout_leaves_zero_click_examples_and_p0_batches_alone(batch, model):
         if a.zero_click:
             assert np.array_equal(a.input, b.input)
     assert not model.training  # the caller's mode is restored (eval here)
+
+
+def test_click_weight_weighs_up_the_disk_around_a_rollouts_last_click_only(batch, model):
+    examples = copy.deepcopy(batch)
+    rollout(model, examples, np.random.default_rng(0), p=1.0, max_iters=2, click_weight=2.0)
+    weighted = 0
+    for a, b in zip(examples, batch, strict=True):
+        if a.zero_click or a.keep_clicks:
+            assert np.array_equal(a.weight, b.weight)
+            continue
+        up = a.weight > b.weight
+        assert np.array_equal(a.weight[~up], b.weight[~up])  # elsewhere, void included
+        assert np.allclose(a.weight[up], 3.0 * b.weight[up])
+        if up.any():
+            weighted += 1
+            ys, xs = np.nonzero(up)  # one disk, at most the radius from its centre
+            assert ys.max() - ys.min() <= 2 * CLICK_WEIGHT_RADIUS
+            assert xs.max() - xs.min() <= 2 * CLICK_WEIGHT_RADIUS
+        assert not (b.weight == 0)[up].any()
+    assert weighted > 0
+    # the batch the maker drew is untouched (examples get new weight arrays)
+    fresh = copy.deepcopy(batch)
+    rollout(model, fresh, np.random.default_rng(0), p=1.0, max_iters=2)
+    assert all(np.array_equal(a.weight, b.weight) for a, b in zip(fresh, batch, strict=True))
 
 
 def test_checkpoint_round_trips_weights_step_and_meta(tmp_path, model):

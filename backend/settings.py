@@ -92,6 +92,14 @@ class Settings:
         "second pass on a crop around it, upscaled (FocalClick's focus view; models/"
         "MODEL_CARD.md has the figures). `false`: one pass a click.",
     )
+    zoom_in: bool = _setting(
+        "SQUEEZESAM_ZOOM_IN",
+        True,
+        "A corrective click on an object whose mask the task already holds (the region "
+        "under the first positive click) is predicted on a crop around that mask and the "
+        "clicks (RITM's zoom-in; models/MODEL_CARD.md has the figures). `false`: the "
+        "whole image.",
+    )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",
         "",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -66,6 +67,16 @@ _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
 
+def load_predictor(path: Path, settings: Settings) -> Predictor:
+    """The served predictor: one place for the settings that shape every click."""
+    return Predictor(
+        path,
+        threads=settings.model_threads or None,
+        focus=settings.focus_view,
+        zoom_in=settings.zoom_in,
+    )
+
+
 def runtime(settings: Settings | None = None) -> Runtime:
     """The process-wide runtime; the model is loaded on the first call only."""
     global _runtime
@@ -75,9 +86,7 @@ def runtime(settings: Settings | None = None) -> Runtime:
             registry = model_registry(settings)
             token = registry.watch_token()  # before reading the path: a change re-polls
             path = registry.active_path()
-            predictor = Predictor(
-                path, threads=settings.model_threads or None, focus=settings.focus_view
-            )
+            predictor = load_predictor(path, settings)
             _runtime = Runtime(
                 settings=settings,
                 predictor=predictor,
@@ -101,9 +110,7 @@ def refresh_model(rt: Runtime) -> bool:
         return False
     path = rt.registry.active_path()
     try:
-        predictor = Predictor(
-            path, threads=rt.settings.model_threads or None, focus=rt.settings.focus_view
-        )
+        predictor = load_predictor(path, rt.settings)
         _warm_up(predictor)
     except Exception as exc:  # a broken version must not take the worker down
         log.error("cannot load the newly active model %s: %s; keeping %s", path, exc,

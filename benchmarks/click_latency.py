@@ -78,8 +78,11 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 
 
 def direct(model: Path, threads: int, images: list[Path], points, gap: float) -> list[float]:
-    # the workers' predictor: the focus view as the environment sets it
-    predictor = Predictor(model, threads=threads, focus=Settings.from_env().focus_view)
+    # the workers' predictor: focus view and zoom-in as the environment sets them
+    settings = Settings.from_env()
+    predictor = Predictor(
+        model, threads=threads, focus=settings.focus_view, zoom_in=settings.zoom_in
+    )
     config = parse_label_config(CONFIG)
     prepared = {p: predictor.prepare(decode(p.read_bytes(), 10**9)) for p in images}
     times = []

@@ -158,7 +158,7 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--zoom-in", action="store_true",
-        help="corrective clicks on a crop around the object (RITM zoom-in; models/zoom.py)",
+        help="corrective clicks on a crop around the object (RITM zoom-in; Predictor.zoom_view)",
     )  # fmt: skip
     p.add_argument(
         "--working-size", type=int, default=0,

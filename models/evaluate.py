@@ -136,7 +136,7 @@ def annotated_objects(sample: Sample, mask: np.ndarray) -> tuple[dict[int, str],
 def evaluate_zero_click(seg: OnnxSegmenter, state, mask, labels, areas, res: Results) -> None:
     from squeezesam.models.objects import find_objects
 
-    found = find_objects(seg.predictor, state.full, saliency_size=seg.saliency_size)
+    found = find_objects(seg.predictor, state, saliency_size=seg.saliency_size)
     void = mask == 255
     gts = {k: mask == k for k in labels}
     hits, unmatched = crowd_figures([f.mask for f in found], gts, labels, areas, void)

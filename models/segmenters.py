@@ -1,5 +1,6 @@
-"""What `squeezesam eval` clicks through: the ONNX model (optionally with zoom-in for
-corrective clicks) and OpenCV GrabCut seeded by the same clicks (the baseline)."""
+"""What `squeezesam eval` clicks through: the ONNX model through the serving predictor
+(with its options: focus view, zoom-in, flip, merge) and OpenCV GrabCut seeded by the same
+clicks (the baseline)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import cv2
 import numpy as np
 
 from squeezesam.models.clicks import Click
-from squeezesam.models.predictor import Predictor
-from squeezesam.models.zoom import ZoomState, predict_zoomed
+from squeezesam.models.predictor import Predictor, PreparedImage
 
 
 class Segmenter(Protocol):
@@ -46,6 +46,7 @@ class OnnxSegmenter:
             flip=flip,
             focus=focus,
             merge_from=merge_from,
+            zoom_in=zoom_in,
         )
         suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
         suffix += "+focus" if focus else ""
@@ -55,18 +56,14 @@ class OnnxSegmenter:
         self.name = self.predictor.version + suffix
         self.saliency_size = saliency_size
         self.feed_previous_mask = feed_previous_mask
-        self.zoom_in = zoom_in
 
-    def prepare(self, image: np.ndarray) -> ZoomState:
-        return ZoomState(image, self.predictor.prepare(image))
+    def prepare(self, image: np.ndarray) -> PreparedImage:
+        return self.predictor.prepare(image)
 
-    def segment(self, state: ZoomState, clicks, prev):
+    def segment(self, state: PreparedImage, clicks, prev):
         prev = prev if self.feed_previous_mask else None
-        if self.zoom_in:
-            p = predict_zoomed(self.predictor, state, clicks, prev)
-            return p.mask, p.probability, p.label
-        p = self.predictor.predict(state.full, clicks, prev)
-        h, w = state.full.original_size
+        p = self.predictor.predict(state, clicks, prev)
+        h, w = state.original_size
         prob = cv2.resize(p.probability, (w, h), interpolation=cv2.INTER_LINEAR)
         return p.mask, prob, p.label
 

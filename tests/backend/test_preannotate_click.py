@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
@@ -18,6 +20,7 @@ from squeezesam.backend.labelstudio import (
     task_regions,
 )
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.worker import load_predictor
 from squeezesam.models.objects import find_objects
 from squeezesam.models.predictor import Predictor
 
@@ -56,8 +59,8 @@ def test_task_regions_prefer_the_annotators_work():
 
 @pytest.fixture(scope="module")
 def predictor(model_path) -> Predictor:
-    # what the test workers run: one thread, the focus view as the environment sets it
-    return Predictor(model_path, threads=1, focus=Settings.from_env().focus_view)
+    # what the test workers run: one thread, focus view and zoom-in as the environment sets
+    return load_predictor(model_path, replace(Settings.from_env(), model_threads=1))
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,32 @@ def test_first_click_on_a_preannotated_object_refines_it(
     assert np.array_equal(decoded(refined), expected)  # the region was the previous mask
     after = decoded(refined)
     assert (after & before).sum() / (after | before).sum() > 0.7  # not thrown away
+
+
+def test_corrective_click_on_a_preannotated_object_is_zoomed_in(
+    client, label_config, predictor, preannotated
+):
+    assert predictor.zoom_in  # SQUEEZESAM_ZOOM_IN's default, as the test workers run
+    image, region, inside = preannotated
+    w, h = Image.open(image).size
+    before = decoded(region)
+    ys, xs = np.nonzero(~before)  # a negative click on the background nearest the object
+    nearest = np.argmin((ys - inside.y) ** 2 + (xs - inside.x) ** 2)
+    pos = (100 * inside.x / w, 100 * inside.y / h)
+    neg = (100 * (xs[nearest] + 0.5) / w, 100 * (ys[nearest] + 0.5) / h)
+    body = click_body(label_config, upload_ref(image), [
+        keypoint(*pos, w, h), keypoint(*neg, w, h, positive=False)])  # fmt: skip
+    body["tasks"][0]["predictions"] = [{"result": [region], "model_version": "x"}]
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.json
+    [refined] = response.json["results"][0]["result"]
+    prepared = predictor.prepare(decode(image.read_bytes(), 10**9))
+    prompt = Prompt(((*pos, True), (*neg, False)), None, None)
+    zoomed, _ = segment(predictor, prepared, prompt, before)
+    plain = Predictor(predictor.model_path, threads=1, focus=predictor.focus)
+    whole, _ = segment(plain, prepared, prompt, before)
+    assert not np.array_equal(zoomed, whole)  # the two paths differ on this object
+    assert np.array_equal(decoded(refined), zoomed)  # and the service took the zoomed one
 
 
 def test_click_outside_every_region_starts_a_new_object(

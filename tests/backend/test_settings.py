@@ -43,3 +43,13 @@ def test_the_focus_view_is_on_unless_turned_off():
     assert Settings().focus_view is True
     assert Settings.from_env({"SQUEEZESAM_FOCUS_VIEW": "false"}).focus_view is False
     assert Settings.from_env({"SQUEEZESAM_FOCUS_VIEW": "1"}).focus_view is True
+
+
+def test_zoom_in_is_on_unless_turned_off_and_reaches_the_workers_predictor(model_path):
+    from squeezesam.backend.worker import load_predictor
+
+    assert Settings().zoom_in is True
+    off = Settings.from_env({"SQUEEZESAM_ZOOM_IN": "false"})
+    assert off.zoom_in is False
+    assert load_predictor(model_path, off).zoom_in is False
+    assert load_predictor(model_path, Settings()).zoom_in is True

@@ -88,17 +88,14 @@ class Settings:
     focus_view: bool = _setting(
         "SQUEEZESAM_FOCUS_VIEW",
         True,
-        "Clicks on a small object (its box at most half the image's long side) get a "
-        "second pass on a crop around it, upscaled (FocalClick's focus view; models/"
-        "MODEL_CARD.md has the figures). `false`: one pass a click.",
+        "Clicks on a small object (box at most half the image's long side) get a second pass "
+        "on a crop around it, upscaled (FocalClick's focus view; figures in models/MODEL_CARD.md).",
     )
     zoom_in: bool = _setting(
         "SQUEEZESAM_ZOOM_IN",
         True,
-        "A corrective click on an object whose mask the task already holds (the region "
-        "under the first positive click) is predicted on a crop around that mask and the "
-        "clicks (RITM's zoom-in; models/MODEL_CARD.md has the figures). `false`: the "
-        "whole image.",
+        "Corrective clicks on an object the task holds a region of (under the first positive "
+        "click) see a crop around it (RITM's zoom-in; figures in models/MODEL_CARD.md).",
     )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",
@@ -365,11 +362,8 @@ class Settings:
 
     @property
     def registry_path(self) -> Path:
-        return (
-            Path(self.registry_dir).expanduser()
-            if self.registry_dir
-            else self.data_path / "registry"
-        )
+        custom = Path(self.registry_dir).expanduser() if self.registry_dir else None
+        return custom or self.data_path / "registry"
 
 
 def _convert(raw: str, default: object) -> object:

@@ -91,7 +91,7 @@ def test_click_weight_weighs_up_the_disk_around_a_rollouts_last_click_only(batch
             assert xs.max() - xs.min() <= 2 * CLICK_WEIGHT_RADIUS
         assert not (b.weight == 0)[up].any()
     assert weighted > 0
-    # the batch the maker drew is untouched (examples get new weight arrays)
+    # without click_weight (the default recipe) the weights stay as the maker drew them
     fresh = copy.deepcopy(batch)
     rollout(model, fresh, np.random.default_rng(0), p=1.0, max_iters=2)
     assert all(np.array_equal(a.weight, b.weight) for a, b in zip(fresh, batch, strict=True))

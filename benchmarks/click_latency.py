@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from squeezesam.backend.labelstudio import (
 from squeezesam.backend.queues import alive_workers
 from squeezesam.backend.redis_conn import EmbeddedRedis
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.worker import load_predictor
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH, Predictor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,10 +81,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 
 def direct(model: Path, threads: int, images: list[Path], points, gap: float) -> list[float]:
     # the workers' predictor: focus view and zoom-in as the environment sets them
-    settings = Settings.from_env()
-    predictor = Predictor(
-        model, threads=threads, focus=settings.focus_view, zoom_in=settings.zoom_in
-    )
+    predictor = load_predictor(model, replace(Settings.from_env(), model_threads=threads))
     config = parse_label_config(CONFIG)
     prepared = {p: predictor.prepare(decode(p.read_bytes(), 10**9)) for p in images}
     times = []

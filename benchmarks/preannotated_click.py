@@ -17,11 +17,13 @@ workers do (focus view and zoom-in as the environment sets them).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.worker import load_predictor
 from squeezesam.models.clicks import Click, interior_point, iou
 from squeezesam.models.data import default_data_root, discover_sets, load_set
 from squeezesam.models.evaluate import annotated_objects
@@ -75,9 +77,8 @@ def main() -> None:
         parser.error(f"model file not found: {args.model}")
     if not discover_sets(args.data):
         parser.error(f"no image set (images/, masks/, objects.csv) under {args.data}")
-    settings = Settings.from_env()
-    predictor = Predictor(args.model, threads=args.threads, focus=settings.focus_view,
-                          zoom_in=settings.zoom_in)  # fmt: skip
+    # the workers' predictor: focus view and zoom-in as the environment sets them
+    predictor = load_predictor(args.model, replace(Settings.from_env(), model_threads=args.threads))
     rows = measure(predictor, args.data, args.split)
     if not rows:
         parser.error(f"no person or pet under a pre-annotated region in {args.data}")

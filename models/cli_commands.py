@@ -94,6 +94,14 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
         help="extra mask-loss weight near a rollout's last click (0 = off)",
     )  # fmt: skip
     p.add_argument(
+        "--refine-head", action="store_true",
+        help="add the stride-2 boundary RefineHead (zero-initialised) if the checkpoint has none",
+    )  # fmt: skip
+    p.add_argument(
+        "--freeze-base", action="store_true",
+        help="train the RefineHead alone: every other weight and BatchNorm statistic stays",
+    )  # fmt: skip
+    p.add_argument(
         "--crowd-p", type=float, default=CROWD_P,
         help="share of examples made crowd scenes: 3-8 people/pets pasted small (augment.py)",
     )  # fmt: skip

@@ -104,9 +104,12 @@ def quantize(
 
 def model_version(checkpoint: Path, step: int, meta: dict | None = None) -> str:
     """squeezesam-base-s<step>-<digest>; `soup` instead of `base` for an average of
-    checkpoints (models/soup.py), <step> then the latest ingredient's."""
+    checkpoints (models/soup.py), <step> then the latest ingredient's; `-refine` added
+    once a RefineHead was trained on it."""
     digest = hashlib.sha1(checkpoint.read_bytes()).hexdigest()[:8]
     kind = "soup" if (meta or {}).get("soup") else "base"
+    if (meta or {}).get("refine_head"):  # the stride-2 RefineHead (models/network.py)
+        kind += "-refine"
     return f"squeezesam-{kind}-s{step}-{digest}"
 
 

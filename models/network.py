@@ -64,7 +64,7 @@ class MBConv(nn.Module):
 class LiteEncoder(nn.Module):
     """EfficientNet-Lite0 up to stride 32, stem widened to the prompt channels.
 
-    Returns features at strides 4, 8, 16, 32 (24, 40, 112, 320 channels).
+    Returns features at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels).
     """
 
     def __init__(self, in_channels: int = NUM_INPUT_CHANNELS) -> None:
@@ -77,8 +77,8 @@ class LiteEncoder(nn.Module):
             for r in range(repeats):
                 blocks.append(MBConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
         self._blocks = nn.ModuleList(blocks)
-        # Blocks ending stride 4 (24ch), 8 (40ch), 16 (112ch), 32 (320ch).
-        self.taps = [2, 4, 10, 15]
+        # Blocks ending stride 2 (16ch), 4 (24ch), 8 (40ch), 16 (112ch), 32 (320ch).
+        self.taps = [0, 2, 4, 10, 15]
 
     def load_imagenet(self) -> None:
         """Load EfficientNet-Lite0 ImageNet weights; click/mask stem filters start at 0."""
@@ -181,12 +181,48 @@ class UpBlock(nn.Module):
         return self.refine(x + self.skip(skip))
 
 
+class RefineHead(nn.Module):
+    """Boundary refinement at stride 2 (issue 18, lever 2): a residual for the mask
+    logits at stride 2, computed from the stride-4 logits and decoder features and the
+    encoder's stride-2 features (edges at twice the decoder's resolution); both are
+    upsampled to the input and added there. Only 1x1 and
+    depthwise 3x3 convolutions run at stride 2, so it costs a small share of a pass.
+    The last convolution starts at zero: adding the head to a trained network leaves
+    its predictions exactly as they were until the head is trained."""
+
+    def __init__(self, cdec: int = 48, cskip: int = 16, mid: int = 24) -> None:
+        super().__init__()
+        self.dec = ConvBN(cdec, mid)
+        self.skip = ConvBN(cskip, mid)
+        self.mix = ConvBN(mid + 1, mid)
+        self.refine = nn.Sequential(
+            ConvBN(mid, mid, 3, groups=mid),
+            ConvBN(mid, mid),
+            ConvBN(mid, mid, 3, groups=mid),
+            ConvBN(mid, mid),
+        )
+        self.out = nn.Conv2d(mid, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, d: torch.Tensor, low: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        size = f2.shape[-2:]
+        up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        dec = F.interpolate(self.dec(d), size=size, mode="bilinear", align_corners=False)
+        h = self.mix(torch.cat([dec + self.skip(f2), up], 1))
+        return self.out(self.refine(h))
+
+
 class SqueezeSAM(nn.Module):
     """Input (B, 6, H, W), H and W multiples of 32. Outputs: mask logits (B, 1, H, W),
-    predicted IoU (B, 1), class logits (B, 3) for person / pet / other."""
+    predicted IoU (B, 1), class logits (B, 3) for person / pet / other.
 
-    def __init__(self, dim: int = 128, transformer_layers: int = 2) -> None:
+    `refine` adds the stride-2 `RefineHead`; `freeze_base` (training the head alone)
+    keeps every other module in eval mode, so their BatchNorm statistics stay put."""
+
+    def __init__(self, dim: int = 128, transformer_layers: int = 2, refine: bool = False) -> None:
         super().__init__()
+        self.freeze_base = False
         self.encoder = LiteEncoder()
         self.neck = ConvBN(320, dim)
         self.transformer = TransformerBottleneck(dim, transformer_layers)
@@ -198,9 +234,18 @@ class SqueezeSAM(nn.Module):
             nn.Linear(dim + 48, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)
         )
         self.cls_head = nn.Sequential(nn.Linear(dim, 64), nn.ReLU(inplace=True), nn.Linear(64, 3))
+        self.refine = RefineHead() if refine else None
+
+    def train(self, mode: bool = True) -> SqueezeSAM:
+        super().train(mode)
+        if self.freeze_base and mode:
+            super().train(False)
+            if self.refine is not None:
+                self.refine.train(True)
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f4, f8, f16, f32 = self.encoder(x)
+        f2, f4, f8, f16, f32 = self.encoder(x)
         z = self.transformer(self.neck(f32))
         d = self.up4(self.up8(self.up16(z, f16), f8), f4)
         low = self.mask_head(d)
@@ -213,11 +258,16 @@ class SqueezeSAM(nn.Module):
         iou = torch.sigmoid(self.iou_head(torch.cat([obj, dec], 1)))
         cls = self.cls_head(obj)
         logits = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.refine is not None:
+            residual = F.interpolate(
+                self.refine(d, low, f2), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            logits = logits + residual
         return logits, iou, cls
 
 
-def build_model(pretrained: bool = True) -> SqueezeSAM:
-    model = SqueezeSAM()
+def build_model(pretrained: bool = True, refine: bool = False) -> SqueezeSAM:
+    model = SqueezeSAM(refine=refine)
     if pretrained:
         model.encoder.load_imagenet()
     return model

@@ -59,6 +59,8 @@ class TrainConfig:
     crowd_clicks: bool = True  # False: crowds in zero-click examples only
     rollout_iters: int = 3  # a rollout adds 1..rollout_iters clicks (RITM: 3)
     click_weight: float = 0.0  # extra mask-loss weight around a rollout's last click
+    refine_head: bool = False  # add the stride-2 RefineHead if the checkpoint has none
+    freeze_base: bool = False  # train the RefineHead alone; the rest stays as it is
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -69,12 +71,18 @@ def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path) -> tuple[SqueezeSAM, int, dict]:
+def load_checkpoint(path: Path, refine: bool = False) -> tuple[SqueezeSAM, int, dict]:
+    """The network as saved; with `refine`, a checkpoint without the stride-2 RefineHead
+    gets a new one (zero residual: the same predictions until trained)."""
     blob = torch.load(path, map_location="cpu")
-    model = build_model(pretrained=False)
-    model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    has_refine = any(k.startswith("refine.") for k in state)
+    model = build_model(pretrained=False, refine=refine or has_refine)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(has_refine or not k.startswith("refine.") for k in missing):
+        raise RuntimeError(
+            f"{path}: checkpoint mismatch: missing={missing}, unexpected={unexpected}"
+        )
     return model, int(blob.get("step", 0)), dict(blob.get("meta", {}))
 
 
@@ -244,11 +252,19 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     if cfg.checkpoint.is_file():
-        model, start, meta = load_checkpoint(cfg.checkpoint)
+        model, start, meta = load_checkpoint(cfg.checkpoint, refine=cfg.refine_head)
         log.info("resuming from %s at step %d", cfg.checkpoint, start)
     else:
-        model, start, meta = build_model(pretrained=True), 0, {}
+        model, start, meta = build_model(pretrained=True, refine=cfg.refine_head), 0, {}
         log.info("starting from ImageNet EfficientNet-Lite0 encoder")
+    if model.refine is not None and "refine_head" not in meta:
+        meta["refine_head"] = {"added_at_step": start, "frozen_base": cfg.freeze_base}
+    if cfg.freeze_base:
+        if model.refine is None:
+            raise ValueError("--freeze-base trains the RefineHead alone: add it (--refine-head)")
+        model.freeze_base = True  # model.train() now leaves all but the head in eval mode
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("refine."))
     cfg.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     train_samples = load_samples(cfg.data, "train")
     # which sets this checkpoint has seen (a customer experiment must hold one out)
@@ -264,7 +280,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         crowd_p=cfg.crowd_p,
         crowd_clicks=cfg.crowd_clicks,
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     model.train()
     metrics: dict[str, float] = dict(meta.get("last_val", {}))
     bar = tqdm(range(start, start + cfg.steps), total=cfg.steps, desc="train", mininterval=5)
@@ -322,5 +339,7 @@ def main_args(args) -> None:  # called by the CLI
         crowd_clicks=not args.crowd_zero_click_only,
         rollout_iters=args.rollout_iters,
         click_weight=args.click_weight,
+        refine_head=args.refine_head,
+        freeze_base=args.freeze_base,
     )
     train(cfg)

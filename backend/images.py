@@ -33,7 +33,8 @@ import redis
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from squeezesam.backend.settings import DEFAULT_PORTS, Settings, origin_of
+from squeezesam.backend.origins import DEFAULT_PORTS, origin_of
+from squeezesam.backend.settings import Settings
 from squeezesam.models.predictor import PreparedImage
 
 MAX_REDIRECTS = 3

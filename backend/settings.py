@@ -15,32 +15,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from squeezesam.backend.origins import Origin, origin_of
 from squeezesam.models.predictor import DEFAULT_MODEL_PATH
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ConfigError(ValueError):
     """A setting that cannot be meant (or one a command needs but lacks): the `squeezesam`
     command prints its one-line message on stderr and exits 2, no traceback."""
-
-
-Origin = tuple[str, str, int]  # (scheme, host, port): what credentials are bound to
-
-
-def origin_of(url: str) -> Origin | None:
-    """(scheme, lower-case host, port) of an http(s) URL, the scheme's default port when
-    none is given (`https://ls.example` is ('https', 'ls.example', 443)); None for
-    anything else (no host, another scheme, a bad port)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    if scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[scheme]
 
 
 def _setting(env: str, default: object, help: str, secret: bool = False,  # noqa: A002

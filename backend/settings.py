@@ -78,6 +78,12 @@ class Settings:
         "Corrective clicks on an object the task holds a region of (under the first positive "
         "click) see a crop around it (RITM's zoom-in; figures in models/MODEL_CARD.md).",
     )
+    guided_filter: bool = _setting(
+        "SQUEEZESAM_GUIDED_FILTER",
+        True,
+        "A click's mask edge is moved onto the image's edges within a few pixels, for "
+        "objects not small (guided filter; figures in models/MODEL_CARD.md).",
+    )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",
         "",

@@ -74,6 +74,7 @@ def load_predictor(path: Path, settings: Settings) -> Predictor:
         threads=settings.model_threads or None,
         focus=settings.focus_view,
         zoom_in=settings.zoom_in,
+        guided=settings.guided_filter,
     )
 
 

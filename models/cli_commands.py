@@ -141,9 +141,9 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--compare",
-        metavar="MODEL|grabcut|zoom-in|flip|focus|mergeN",
-        help="a second model, grabcut, or this model with --zoom-in, --flip, --focus or "
-        "--merge-from N, on the same objects: paired NoC@90 difference",
+        metavar="MODEL|grabcut|zoom-in|flip|focus|guided|mergeN",
+        help="a second model, grabcut, or this model with --zoom-in, --flip, --focus, "
+        "--guided or --merge-from N, on the same objects: paired NoC@90 difference",
     )
     p.add_argument("--split", default="val", choices=["val", "train", "all"])
     p.add_argument("--max-clicks", type=int, default=20)
@@ -175,6 +175,11 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--flip", action="store_true",
         help="average each pass with one on the mirrored image (two passes a click)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guided", action="store_true",
+        help="the click's mask edge moved onto the image's edges (guided filter; "
+        "models/guided_filter.py)",
     )  # fmt: skip
     p.add_argument(
         "--focus", action="store_true",

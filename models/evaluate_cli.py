@@ -28,6 +28,7 @@ def onnx_segmenter(model: Path, args, what: str = "model") -> OnnxSegmenter:
         flip=args.flip,
         focus=args.focus,
         merge_from=args.merge_from,
+        guided=args.guided,
         # the model under evaluation only: `--compare` the same file at its own size
         working_size=(args.working_size or None) if what == "model" else None,
     )
@@ -69,6 +70,8 @@ def main_args(args) -> None:  # called by the CLI
         compare = same_model_with(seg, args, "flip", "flip", True, "+flip")
     elif args.compare == "focus":  # small objects refined on their crop
         compare = same_model_with(seg, args, "focus", "focus", True, "+focus")
+    elif args.compare == "guided":  # the mask's edge snapped to the image's
+        compare = same_model_with(seg, args, "guided", "guided", True, "+guided")
     elif merge := re.fullmatch(r"merge(\d*)", args.compare or ""):
         # FocalClick's progressive merge from click N (default 2)
         n = max(2, int(merge.group(1) or 2))

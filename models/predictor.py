@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from squeezesam.models.clicks import Click, encode_prompt, object_roi
+from squeezesam.models.guided_filter import refine_probability
 
 CLASS_NAMES = ("person", "pet", "other")
 DEFAULT_WORKING_SIZE = 512
@@ -142,8 +143,11 @@ class Predictor:
         focus: bool = False,
         merge_from: int = 0,
         zoom_in: bool = False,
+        guided: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
+        # a click's mask edge moved onto the image's edges (models/guided_filter.py)
+        self.guided = guided
         # corrective clicks on a crop around the object (ZOOM_*; measured in the model card)
         self.zoom_in = zoom_in
         # progressive merge from this many clicks on (0: off; measured in the model card)
@@ -223,6 +227,8 @@ class Predictor:
                 prob, score, cls = self.focus_view(prepared, working_clicks, prob, score, cls)
         if self.merge_from and prev is not None and len(clicks) >= self.merge_from:
             prob = progressive_merge(prob, prev[:h, :w], working_clicks[-1])
+        if self.guided:
+            prob = refine_probability(prepared.pixels[:h, :w], prob)
         oh, ow = prepared.original_size
         full = cv2.resize(prob, (ow, oh), interpolation=cv2.INTER_LINEAR)
         label, class_probs = classify(cls)

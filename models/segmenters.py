@@ -38,6 +38,7 @@ class OnnxSegmenter:
         working_size: int | None = None,
         focus: bool = False,
         merge_from: int = 0,
+        guided: bool = False,
     ) -> None:
         self.predictor = Predictor(
             model_path,
@@ -47,10 +48,12 @@ class OnnxSegmenter:
             focus=focus,
             merge_from=merge_from,
             zoom_in=zoom_in,
+            guided=guided,
         )
         suffix = ("+zoom" if zoom_in else "") + ("+flip" if flip else "")
         suffix += "+focus" if focus else ""
         suffix += f"+merge{merge_from}" if merge_from else ""
+        suffix += "+guided" if guided else ""
         if working_size:
             suffix += f"@{working_size}"
         self.name = self.predictor.version + suffix

@@ -53,3 +53,15 @@ def test_zoom_in_is_on_unless_turned_off_and_reaches_the_workers_predictor(model
     assert off.zoom_in is False
     assert load_predictor(model_path, off).zoom_in is False
     assert load_predictor(model_path, Settings()).zoom_in is True
+
+
+def test_the_guided_filter_is_on_unless_turned_off_and_reaches_the_workers_predictor(
+    model_path,
+):
+    from squeezesam.backend.worker import load_predictor
+
+    assert Settings().guided_filter is True
+    off = Settings.from_env({"SQUEEZESAM_GUIDED_FILTER": "0"})
+    assert off.guided_filter is False
+    assert load_predictor(model_path, off).guided is False
+    assert load_predictor(model_path, Settings()).guided is True

@@ -183,12 +183,11 @@ class UpBlock(nn.Module):
 
 class RefineHead(nn.Module):
     """Boundary refinement at stride 2 (issue 18, lever 2): a residual for the mask
-    logits at stride 2, computed from the stride-4 logits and decoder features and the
-    encoder's stride-2 features (edges at twice the decoder's resolution); both are
-    upsampled to the input and added there. Only 1x1 and
-    depthwise 3x3 convolutions run at stride 2, so it costs a small share of a pass.
-    The last convolution starts at zero: adding the head to a trained network leaves
-    its predictions exactly as they were until the head is trained."""
+    logits, computed at stride 2 from the stride-4 logits, the decoder's features and
+    the encoder's stride-2 features (edges at twice the decoder's resolution), then
+    upsampled and added to the logits at the input's size. Only 1x1 and depthwise 3x3
+    convolutions run at stride 2. The last convolution starts at zero: adding the head to
+    a trained network leaves its predictions exactly as they were until it is trained."""
 
     def __init__(self, cdec: int = 48, cskip: int = 16, mid: int = 24) -> None:
         super().__init__()

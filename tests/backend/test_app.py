@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from squeezesam.backend.images import decode
 from squeezesam.backend.jobs import segment
 from squeezesam.backend.labelstudio import Prompt
 from squeezesam.backend.settings import Settings
+from squeezesam.backend.worker import load_predictor
 from squeezesam.models.predictor import Predictor
 
 from .conftest import click_body, keypoint, rectangle, upload_ref
@@ -21,8 +23,8 @@ from .conftest import click_body, keypoint, rectangle, upload_ref
 
 @pytest.fixture(scope="module")
 def predictor(model_path) -> Predictor:
-    # what the test workers run: one thread, the focus view as the environment sets it
-    return Predictor(model_path, threads=1, focus=Settings.from_env().focus_view)
+    # what the test workers run: one thread, the inference options as the environment sets
+    return load_predictor(model_path, replace(Settings.from_env(), model_threads=1))
 
 
 def direct_mask(predictor, image, points, box=None) -> np.ndarray:

@@ -88,3 +88,31 @@ def test_the_rest_of_a_group_is_kept_only_where_it_is_a_person_or_pet():
     net = ScriptedNetwork(parts, ["person", "other"])  # a person beside a sofa
     found = find_objects(net, prepared_of(shape))
     assert len(found) == 1 and iou(found[0].mask, parts[0]) > 0.99
+
+
+def test_a_photo_larger_than_the_working_size_gets_a_smooth_outline(shipped_model, val_samples):
+    """Pre-annotation upsamples each object's probability, as a click's mask is, instead
+    of the working mask's pixels: 4x the working size is not drawn in 4x4 blocks."""
+    import cv2
+
+    from squeezesam.models.predictor import Predictor
+
+    sample = next(s for s in val_samples if s.set_name.startswith("oxford_pets"))
+    small = sample.load_image()
+    h, w = small.shape[:2]
+    k = 2048 / max(h, w)  # a 2048 px photo: the working image is exactly a quarter of it
+    size = (round(w * k) // 4 * 4, round(h * k) // 4 * 4)
+    large = cv2.resize(small, size, interpolation=cv2.INTER_CUBIC)
+    predictor = Predictor(shipped_model, threads=1)
+    prepared = predictor.prepare(large)
+    assert prepared.scale == 0.25
+    [obj, *_] = find_objects(predictor, prepared)
+    assert obj.mask.shape == large.shape[:2]
+    h, w = (d // 4 * 4 for d in obj.mask.shape)
+    blocks = obj.mask[:h, :w].reshape(h // 4, 4, w // 4, 4).swapaxes(1, 2).reshape(-1, 16)
+    # the working grid maps onto aligned 4x4 blocks of the photo: drawn from it, every
+    # block would be all object or all background; a smooth edge cuts through them
+    mixed = (blocks.any(1) & ~blocks.all(1)).sum()
+    grid = (blocks.mean(1) > 0.5).reshape(h // 4, w // 4).astype(np.uint8)
+    edge = cv2.morphologyEx(grid, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).sum()
+    assert mixed > 0.3 * edge > 0  # most blocks along the outline are cut by it

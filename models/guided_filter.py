@@ -10,8 +10,9 @@ regions keep their value. Issue 18: Berkeley's unfinished objects plateau at IoU
 The grey guide, the radius, the regularisation and the smallest object it applies to
 were chosen on the val splits (the colour guide of the paper made coco_people_pets
 worse). Small objects keep the focus view's mask: at the working resolution a radius of
-2 px is a large share of them. Only box filters, on the box around the probability's
-uncertain band (elsewhere it is 0 or 1 up to UNCERTAIN, and the filter returns about it).
+2 px is a large share of them. Only box filters (about 3 ms at the working size), run on
+the box around the probability's uncertain band: elsewhere the probability is within
+UNCERTAIN of 0 or 1 and no pixel could change side of 0.5.
 """
 
 from __future__ import annotations

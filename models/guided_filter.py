@@ -22,7 +22,7 @@ import numpy as np
 
 RADIUS = 2  # working pixels
 EPS = 1e-3  # ridge regularisation, guide in [0, 1]
-MIN_AREA = 3000  # working pixels of the mask (about 55 x 55) below which it is left alone
+MIN_AREA = 6000  # working pixels of the mask (about 77 x 77) below which it is left alone
 # Probabilities inside (UNCERTAIN, 1 - UNCERTAIN) mark the band where the filter can act.
 UNCERTAIN = 0.01
 

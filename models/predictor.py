@@ -251,10 +251,8 @@ class Predictor:
         y0, y1, x0, x1 = roi
         if FOCUS_MIN_GAIN * max(y1 - y0, x1 - x0) > max(h, w):
             return prob, score, cls
-        crop, shifted, crop_prev = self.crop_input(prepared.pixels, roi, clicks, prob)
-        logits, score, cls = self.run_network(crop.pixels, shifted, crop_prev, crop.valid_size)
-        ch, cw = crop.valid_size
-        return paste(_sigmoid(logits[:ch, :cw]), roi, (h, w)), score, cls
+        _, _, crop_prob, score, cls = self.crop_pass(prepared.pixels, roi, clicks, prob)
+        return paste(crop_prob, roi, (h, w)), score, cls
 
     def zoom_view(
         self, prepared: PreparedImage, clicks: list[Click], prev: np.ndarray
@@ -263,23 +261,22 @@ class Predictor:
         working image's valid area; the focus view still applies inside the crop."""
         h, w = prepared.valid_size
         roi = object_roi(prev, clicks, (h, w), ZOOM_EXPANSION, ZOOM_MIN_CROP)
-        crop, shifted, crop_prev = self.crop_input(prepared.pixels, roi, clicks, prev)
-        logits, score, cls = self.run_network(crop.pixels, shifted, crop_prev, crop.valid_size)
-        ch, cw = crop.valid_size
-        prob = _sigmoid(logits[:ch, :cw])
+        crop, shifted, prob, score, cls = self.crop_pass(prepared.pixels, roi, clicks, prev)
         if self.focus:
             prob, score, cls = self.focus_view(crop, shifted, prob, score, cls)
         return paste(prob, roi, (h, w)), score, cls
 
-    def crop_input(
+    def crop_pass(
         self,
         pixels: np.ndarray,
         roi: tuple[int, int, int, int],
         clicks: list[Click],
         prev: np.ndarray,
-    ) -> tuple[PreparedImage, list[Click], np.ndarray]:
-        """`pixels[roi]` letterboxed to the working size, the clicks moved onto it and
-        `prev` (same frame as `pixels`) cropped and resized likewise, padding 0."""
+    ) -> tuple[PreparedImage, list[Click], np.ndarray, float, np.ndarray]:
+        """One pass on `pixels[roi]` letterboxed to the working size, with the clicks moved
+        onto it and `prev` (same frame as `pixels`) cropped and resized likewise, padding
+        0: (the crop, its clicks, its probability on the crop's valid area, score, class
+        logits)."""
         y0, y1, x0, x1 = roi
         crop = letterbox(np.ascontiguousarray(pixels[y0:y1, x0:x1]), self.working_size)
         ch, cw = crop.valid_size
@@ -288,7 +285,8 @@ class Predictor:
         crop_prev[:ch, :cw] = cv2.resize(
             prev[y0:y1, x0:x1], (cw, ch), interpolation=cv2.INTER_LINEAR
         )
-        return crop, shifted, crop_prev
+        logits, score, cls = self.run_network(crop.pixels, shifted, crop_prev, crop.valid_size)
+        return crop, shifted, _sigmoid(logits[:ch, :cw]), score, cls
 
 
 def paste(prob: np.ndarray, roi: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:

@@ -102,6 +102,10 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
         help="train the RefineHead alone: every other weight and BatchNorm statistic stays",
     )  # fmt: skip
     p.add_argument(
+        "--mask-loss", choices=["bce", "nfl"], default="bce",
+        help="mask loss: BCE + Dice, or normalised focal + Dice (weight on pixels still wrong)",
+    )  # fmt: skip
+    p.add_argument(
         "--crowd-p", type=float, default=CROWD_P,
         help="share of examples made crowd scenes: 3-8 people/pets pasted small (augment.py)",
     )  # fmt: skip

@@ -35,6 +35,8 @@ CLASS_LOSS_WEIGHT = 0.5
 # Pixels of the training size (384-512) around a rollout's last click that --click-weight
 # weighs up: about the size of the error regions Berkeley's late clicks land in.
 CLICK_WEIGHT_RADIUS = 16
+# --mask-loss nfl: the focal exponent of the normalised focal loss (f-BRS / RITM use 2).
+FOCAL_GAMMA = 2.0
 log = logging.getLogger("squeezesam.train")
 
 
@@ -61,6 +63,7 @@ class TrainConfig:
     click_weight: float = 0.0  # extra mask-loss weight around a rollout's last click
     refine_head: bool = False  # add the stride-2 RefineHead if the checkpoint has none
     freeze_base: bool = False  # train the RefineHead alone; the rest stays as it is
+    mask_loss: str = "bce"  # "bce": BCE + Dice; "nfl": normalised focal + Dice (FOCAL_GAMMA)
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -86,10 +89,21 @@ def load_checkpoint(path: Path, refine: bool = False) -> tuple[SqueezeSAM, int, 
     return model, int(blob.get("step", 0)), dict(blob.get("meta", {}))
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """BCE + Dice, void pixels (weight 0) ignored."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
-    bce = bce / weight.sum().clamp(min=1.0)
+def mask_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, focal: bool = False
+) -> torch.Tensor:
+    """BCE + Dice, void pixels (weight 0) ignored. With `focal`, the cross-entropy term is
+    the normalised focal loss (Sofiiuk et al., f-BRS, CVPR 2020): each pixel's BCE times
+    |target - p|^FOCAL_GAMMA, rescaled per example so the weights sum to the pixel count:
+    the loss moves onto the pixels still wrong (edges, thin parts) at the same scale."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pixel_weight = weight
+    if focal:
+        with torch.no_grad():  # the focus weights steer the gradient; they take none
+            hard = (target - torch.sigmoid(logits)).abs() ** FOCAL_GAMMA * weight
+            total = weight.sum((1, 2, 3), keepdim=True)
+            pixel_weight = hard * total / hard.sum((1, 2, 3), keepdim=True).clamp(min=1e-6)
+    bce = (bce * pixel_weight).sum() / weight.sum().clamp(min=1.0)
     prob = torch.sigmoid(logits) * weight
     t = target * weight
     inter = (prob * t).sum((1, 2, 3))
@@ -199,10 +213,10 @@ def rollout(
 
 
 def train_step(
-    model: SqueezeSAM, opt: torch.optim.Optimizer, examples: list, lr: float
+    model: SqueezeSAM, opt: torch.optim.Optimizer, examples: list, lr: float, focal: bool = False
 ) -> dict[str, float]:
-    """One optimisation step: mask BCE+Dice, predicted-IoU MSE, class CE (shared with
-    fine-tuning, so both optimise the same objective)."""
+    """One optimisation step: mask BCE+Dice (`focal`: normalised focal + Dice), predicted-IoU
+    MSE, class CE (shared with fine-tuning, so both optimise the same objective)."""
     x = torch.from_numpy(np.stack([e.input for e in examples]))
     target = torch.from_numpy(np.stack([e.target for e in examples]))[:, None]
     weight = torch.from_numpy(np.stack([e.weight for e in examples]))[:, None]
@@ -210,7 +224,7 @@ def train_step(
     for g in opt.param_groups:
         g["lr"] = lr
     logits, iou_pred, cls = model(x)
-    loss_mask = mask_loss(logits, target, weight)
+    loss_mask = mask_loss(logits, target, weight, focal)
     with torch.no_grad():  # the IoU head's target: plain IoU over non-void pixels
         valid = (weight > 0).float()
         pred = (logits > 0).float() * valid
@@ -293,7 +307,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         lr = cosine_lr(cfg.lr, step, cfg.total_steps, start)
         examples = draw_batch(maker, rng, cfg.batch)
         rollout(model, examples, rng, cfg.rollout_p, cfg.rollout_iters, cfg.click_weight)
-        losses = train_step(model, opt, examples, lr)
+        losses = train_step(model, opt, examples, lr, cfg.mask_loss == "nfl")
         seconds += time.time() - t_step
         bar.set_postfix(
             {k: f"{v:.3f}" for k, v in losses.items()}
@@ -341,5 +355,6 @@ def main_args(args) -> None:  # called by the CLI
         click_weight=args.click_weight,
         refine_head=args.refine_head,
         freeze_base=args.freeze_base,
+        mask_loss=args.mask_loss,
     )
     train(cfg)

@@ -16,6 +16,7 @@ from squeezesam.models.train import (
     cosine_lr,
     draw_batch,
     load_checkpoint,
+    mask_loss,
     rollout,
     save_checkpoint,
 )
@@ -111,6 +112,61 @@ def test_cosine_schedule_warms_up_after_a_restart_and_ends_at_5_percent():
     assert cosine_lr(1.0, 5000, 10000, start=5000, warmup=100) == pytest.approx(0.01 * 0.525)
     assert cosine_lr(1.0, 10000, 10000, start=0) == pytest.approx(0.05)
     assert cosine_lr(1.0, 49, 10000, start=0) == pytest.approx(0.5, abs=0.01)  # half warm
+
+
+def _loss_inputs():
+    """Two 1x8x8 examples: the first all right but one pixel badly wrong, the second
+    uniformly half right; the last row of the first is void."""
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, :4] = 1.0
+    logits = torch.where(target > 0.5, 4.0, -4.0)
+    logits[0, 0, 2, 2] = -4.0  # one confident error
+    logits[1] = 0.0  # p = 0.5 everywhere
+    weight = torch.ones_like(target)
+    weight[0, 0, 7] = 0.0
+    return logits, target, weight
+
+
+def _dice(logits, target, weight):
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    inter = (prob * t).sum((1, 2, 3))
+    return (1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + t.sum((1, 2, 3)) + 1)).mean()
+
+
+def test_mask_loss_bce_is_the_mean_over_non_void_pixels_plus_dice():
+    logits, target, weight = _loss_inputs()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    expected = (bce * weight).sum() / weight.sum() + _dice(logits, target, weight)
+    assert torch.allclose(mask_loss(logits, target, weight), expected)
+    logits[0, 0, 7] = -logits[0, 0, 7]  # void pixels turned wrong: no change
+    assert torch.allclose(mask_loss(logits, target, weight), expected)
+
+
+def test_normalised_focal_loss_reweighs_the_cross_entropy_only():
+    logits, target, weight = _loss_inputs()
+    weight[1] *= 3.0  # weights above 1 (--click-weight) too
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    hard = (target - torch.sigmoid(logits)).abs() ** 2 * weight
+    focus = hard * weight.sum((1, 2, 3), keepdim=True) / hard.sum((1, 2, 3), keepdim=True)
+    expected = (bce * focus).sum() / weight.sum() + _dice(logits, target, weight)
+    assert torch.allclose(mask_loss(logits, target, weight, focal=True), expected)
+
+
+def test_normalised_focal_loss_moves_the_weight_onto_the_pixels_still_wrong():
+    logits, target, weight = _loss_inputs()
+    grads = []
+    for focal in (True, False):
+        x = logits.clone().requires_grad_(True)
+        (mask_loss(x, target, weight, focal) - _dice(x, target, weight)).backward()
+        grads.append(x.grad.abs())
+    g_focal, g_bce = grads
+    # the wrong pixel carries the first example's loss; the right ones almost none
+    assert g_focal[0, 0, 2, 2] > 10 * g_bce[0, 0, 2, 2]
+    assert g_focal[0, 0, 0, 0] < 0.1 * g_bce[0, 0, 0, 0]
+    assert g_focal[0, 0, 7].sum() == 0  # void stays out
+    # uniformly wrong pixels: the normalisation keeps the plain BCE's scale
+    assert torch.allclose(g_focal[1], g_bce[1], rtol=1e-4)
 
 
 def _disk_around(point: np.ndarray, channel: np.ndarray) -> np.ndarray:

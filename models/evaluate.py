@@ -8,7 +8,9 @@ clicker (`clicks.Clicker`) places the first click at the object's most interior
 point and each next one at the centre of the largest error; the previous mask is
 fed back. IoU is measured at the set's stored resolution, void pixels ignored.
 NoC@t is the number of clicks to reach IoU t (max_clicks when never reached);
-`noc90_ci95` its 95 % interval over resampled images (`stats.bootstrap_ci`). With
+`noc90_ci95` its 95 % interval over resampled images (`stats.bootstrap_ci`);
+`clicks_honoured` the share of clicks whose own pixel got the click's label, and
+`unfinished90` the objects never at 0.90 (image id / mask value, area, best IoU). With
 `--compare MODEL|grabcut|zoom-in` the second segmenter clicks through the same objects and
 `compare` holds its figures and the paired differences (`stats.paired_difference`).
 """
@@ -36,6 +38,8 @@ class Results:
     image_of: list[int] = field(default_factory=list)  # per object, the index of its image
     labels: list[str] = field(default_factory=list)  # per object, its objects.csv label
     pixels: list[int] = field(default_factory=list)  # per object, its area in image pixels
+    names: list[str] = field(default_factory=list)  # per object, "<image id>/<mask value>"
+    honoured: list[bool] = field(default_factory=list)  # per click: its pixel got its label
     seconds: list[float] = field(default_factory=list)
     label_hits: list[bool] = field(default_factory=list)
     part_ious: list[float] = field(default_factory=list)
@@ -82,6 +86,8 @@ def evaluate_object(
         t = time.perf_counter()
         pred, prob, label = seg.segment(state, clicker.clicks, prob)
         res.seconds.append(time.perf_counter() - t)
+        last = clicker.clicks[-1]
+        res.honoured.append(bool(pred[int(last.y), int(last.x)]) == last.positive)
         curve.append(iou(pred, gt, void))
         if i == 0:
             first_label = label
@@ -169,6 +175,7 @@ def evaluate_sample(seg, sample: Sample, max_clicks: int, part_clicks: bool, res
         res.image_of.append(res.images)
         res.labels.append(label)
         res.pixels.append(int(gt.sum()))
+        res.names.append(f"{sample.image_id}/{k}")
         if label in ("person", "pet", "other") and isinstance(seg, OnnxSegmenter):
             res.label_hits.append(predicted == label)
         if part_clicks:
@@ -206,6 +213,16 @@ def by_area(nocs: list[int], curves: list[list[float]], pixels: list[int], max_c
     return out
 
 
+def unfinished(names: list[str], curves: list[list[float]], pixels: list[int]) -> list[dict]:
+    """The objects whose IoU never reached 0.90, worst first: name, area, best IoU."""
+    rows = [
+        {"object": n, "pixels": a, "best_iou": round(max(c), 4)}
+        for n, c, a in zip(names, curves, pixels, strict=True)
+        if c and max(c) < 0.90
+    ]
+    return sorted(rows, key=lambda r: r["best_iou"])
+
+
 def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -> dict:
     curves = res.ious
     nocs90 = object_nocs(curves, max_clicks)
@@ -226,6 +243,11 @@ def summarise(res: Results, max_clicks: int, name: str, data: str, split: str) -
         "ms_per_click": round(1000 * float(np.mean(res.seconds)), 2) if res.seconds else None,
     }
     out["noc90_by_area"] = by_area(nocs90, curves, res.pixels, max_clicks)
+    # Where the clicks go unheard, and which objects to look at: the ones never at 0.90
+    # (Berkeley's were mostly thin parts, MODEL_CARD), worst first.
+    if res.honoured:
+        out["clicks_honoured"] = round(float(np.mean(res.honoured)), 4)
+    out["unfinished90"] = unfinished(res.names, curves, res.pixels)
     # the product's objects: people and pets, whatever set they come from
     for label in ("person", "pet"):
         picked = [c for c, lab in zip(curves, res.labels, strict=True) if lab == label]

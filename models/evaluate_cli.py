@@ -100,7 +100,12 @@ def main_args(args) -> None:  # called by the CLI
         results[folder.name] = out
         if not args.json:
             for k, v in out.items():
-                print(f"{k:>28}: {v}")
+                if k == "unfinished90":  # one object a line
+                    print(f"{k:>28}: {len(v)} objects never at 0.90")
+                    for r in v:
+                        print(f"{'':>30}{r['object']}  {r['pixels']} px  best {r['best_iou']}")
+                else:
+                    print(f"{k:>28}: {v}")
             print()
     if args.json:
         # one JSON object on the last line: the figures, or {set name: figures} per set

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from squeezesam.models.data import discover_sets, load_set, write_set
-from squeezesam.models.evaluate import by_area, crowd_matches, noc
+from squeezesam.models.evaluate import by_area, crowd_matches, noc, unfinished
 
 KEYS = {
     "images",
@@ -79,6 +79,38 @@ def test_eval_cli_prints_every_figure(tiny_set, shipped_model):
     assert sum(b["objects"] for b in out["noc90_by_area"].values()) == out["objects"]
     if (tiny_set / "parts").is_dir() and any((tiny_set / "parts").iterdir()):
         assert 0 <= out["part_click_miou"] <= 1
+    assert 0 <= out["clicks_honoured"] <= 1
+    assert len(out["unfinished90"]) == out["failures90"]
+
+
+def test_unfinished_lists_the_objects_never_at_090_worst_first():
+    curves = [[0.5, 0.89], [0.95], [0.3, 0.2], [0.5] * 19 + [0.92]]
+    rows = unfinished(["a/1", "a/2", "b/1", "c/3"], curves, [100, 200, 300, 400])
+    assert rows == [
+        {"object": "b/1", "pixels": 300, "best_iou": 0.3},
+        {"object": "a/1", "pixels": 100, "best_iou": 0.89},
+    ]
+
+
+def test_a_click_the_segmenter_ignores_counts_as_not_honoured(tiny_set):
+    """A segmenter that answers every click with an empty mask honours none of them (every
+    click is then positive, on the object left out) and finishes no object."""
+    from squeezesam.models.evaluate import Results, evaluate_sample
+
+    class Deaf:
+        name = "deaf"
+
+        def prepare(self, image):
+            return image.shape[:2]
+
+        def segment(self, state, clicks, prev):
+            return np.zeros(state, bool), None, "other"
+
+    res = Results()
+    for sample in load_set(tiny_set):
+        evaluate_sample(Deaf(), sample, 3, False, res)
+    assert len(res.honoured) == 3 * len(res.ious) > 0 and not any(res.honoured)
+    assert len(unfinished(res.names, res.ious, res.pixels)) == len(res.ious)
 
 
 def test_grabcut_baseline_through_the_same_clicker(tiny_set):

@@ -107,7 +107,10 @@ def through_service(
     threading.Thread(target=files.serve_forever, daemon=True).start()
     host = f"127.0.0.1:{files.server_address[1]}"
     server = EmbeddedRedis()
-    settings = Settings(
+    # From the environment like the direct path's predictor, so that both paths run the
+    # same inference options (SQUEEZESAM_FLIP_AVERAGE=0 etc. reach the worker too).
+    settings = replace(
+        Settings.from_env(),
         redis_url=server.url,
         model_path=str(model),
         model_threads=threads,

@@ -84,6 +84,12 @@ class Settings:
         "A click's mask edge is moved onto the image's edges within a few pixels, for "
         "objects not small (guided filter; figures in models/MODEL_CARD.md).",
     )
+    flip_average: bool = _setting(
+        "SQUEEZESAM_FLIP_AVERAGE",
+        True,
+        "Each pass for a click is averaged with one on the mirrored image: two passes, "
+        "fewer clicks (figures in models/MODEL_CARD.md). Pre-annotation is not mirrored.",
+    )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",
         "",

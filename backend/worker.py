@@ -75,6 +75,7 @@ def load_predictor(path: Path, settings: Settings) -> Predictor:
         focus=settings.focus_view,
         zoom_in=settings.zoom_in,
         guided=settings.guided_filter,
+        flip=settings.flip_average,
     )
 
 

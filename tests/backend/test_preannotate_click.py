@@ -119,8 +119,9 @@ def test_corrective_click_on_a_preannotated_object_is_zoomed_in(
     prompt = Prompt(((*pos, True), (*neg, False)), None, None)
     zoomed, _ = segment(predictor, prepared, prompt, before)
     plain = Predictor(
-        predictor.model_path, threads=1, focus=predictor.focus, guided=predictor.guided
-    )
+        predictor.model_path, threads=1, focus=predictor.focus, guided=predictor.guided,
+        flip=predictor.flip,
+    )  # fmt: skip
     whole, _ = segment(plain, prepared, prompt, before)
     assert not np.array_equal(zoomed, whole)  # the two paths differ on this object
     assert np.array_equal(decoded(refined), zoomed)  # and the service took the zoomed one

@@ -65,3 +65,13 @@ def test_the_guided_filter_is_on_unless_turned_off_and_reaches_the_workers_predi
     assert off.guided_filter is False
     assert load_predictor(model_path, off).guided is False
     assert load_predictor(model_path, Settings()).guided is True
+
+
+def test_flip_averaging_is_on_unless_turned_off_and_reaches_the_workers_predictor(model_path):
+    from squeezesam.backend.worker import load_predictor
+
+    assert Settings().flip_average is True
+    off = Settings.from_env({"SQUEEZESAM_FLIP_AVERAGE": "no"})
+    assert off.flip_average is False
+    assert load_predictor(model_path, off).flip is False
+    assert load_predictor(model_path, Settings()).flip is True

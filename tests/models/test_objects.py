@@ -116,3 +116,31 @@ def test_a_photo_larger_than_the_working_size_gets_a_smooth_outline(shipped_mode
     grid = (blocks.mean(1) > 0.5).reshape(h // 4, w // 4).astype(np.uint8)
     edge = cv2.morphologyEx(grid, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).sum()
     assert mixed > 0.3 * edge > 0  # most blocks along the outline are cut by it
+
+
+def test_pre_annotation_is_not_mirrored_when_clicks_are(shipped_model, val_samples):
+    """Flip averaging (SQUEEZESAM_FLIP_AVERAGE) doubles the passes of clicks only: the
+    workers' pre-annotation finds the same objects, at the same cost, with it on."""
+    from squeezesam.models.predictor import Predictor
+
+    class Counting(Predictor):
+        mirrored = 0
+
+        def run_network(self, pixels, clicks, prev, valid=None):
+            self.mirrored += valid is not None  # flip needs the area to mirror inside
+            return super().run_network(pixels, clicks, prev, valid)
+
+    plain = Predictor(shipped_model, threads=1)
+    flip = Counting(shipped_model, threads=1, flip=True)
+    sample = next(s for s in val_samples if s.set_name.startswith("oxford_pets"))
+    prepared = plain.prepare(sample.load_image())
+    found, found_flip = find_objects(plain, prepared), find_objects(flip, prepared)
+    assert flip.mirrored == 0
+    assert len(found) == len(found_flip) > 0
+    for a, b in zip(found, found_flip, strict=True):
+        assert np.array_equal(a.mask, b.mask) and a.label == b.label
+    # while a click through the same predictor is mirrored
+    click = found[0].clicks[:1]
+    mirrored = flip.predict(prepared, click).probability
+    assert flip.mirrored == 1
+    assert not np.allclose(mirrored, plain.predict(prepared, click).probability, atol=1e-3)

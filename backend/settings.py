@@ -86,9 +86,9 @@ class Settings:
     )
     flip_average: bool = _setting(
         "SQUEEZESAM_FLIP_AVERAGE",
-        True,
-        "Each pass for a click is averaged with one on the mirrored image: two passes, "
-        "fewer clicks (figures in models/MODEL_CARD.md). Pre-annotation is not mirrored.",
+        False,
+        "Each pass for a click is averaged with one on the mirrored image: fewer clicks for "
+        "twice the passes (figures in models/MODEL_CARD.md). Pre-annotation is not mirrored.",
     )
     basic_auth_user: str = _setting(
         "BASIC_AUTH_USER",

@@ -67,11 +67,12 @@ def test_the_guided_filter_is_on_unless_turned_off_and_reaches_the_workers_predi
     assert load_predictor(model_path, Settings()).guided is True
 
 
-def test_flip_averaging_is_on_unless_turned_off_and_reaches_the_workers_predictor(model_path):
+def test_flip_averaging_is_off_unless_turned_on_and_reaches_the_workers_predictor(model_path):
+    """Off by default: on this 2-core machine it takes a click's p50 over the 50 ms goal."""
     from squeezesam.backend.worker import load_predictor
 
-    assert Settings().flip_average is True
-    off = Settings.from_env({"SQUEEZESAM_FLIP_AVERAGE": "no"})
-    assert off.flip_average is False
-    assert load_predictor(model_path, off).flip is False
-    assert load_predictor(model_path, Settings()).flip is True
+    assert Settings().flip_average is False
+    on = Settings.from_env({"SQUEEZESAM_FLIP_AVERAGE": "yes"})
+    assert on.flip_average is True
+    assert load_predictor(model_path, on).flip is True
+    assert load_predictor(model_path, Settings()).flip is False

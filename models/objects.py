@@ -12,6 +12,7 @@ numpy/OpenCV/onnxruntime only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -132,7 +133,7 @@ class _Region:
     cls: np.ndarray
     clicks: list[Click]  # working pixels
 
-    @property
+    @cached_property  # read again and again by _keep and _cover_group; prob never changes
     def mask(self) -> np.ndarray:
         return self.prob > 0.5
 

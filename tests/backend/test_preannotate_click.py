@@ -118,10 +118,10 @@ def test_corrective_click_on_a_preannotated_object_is_zoomed_in(
     prepared = predictor.prepare(decode(image.read_bytes(), 10**9))
     prompt = Prompt(((*pos, True), (*neg, False)), None, None)
     zoomed, _ = segment(predictor, prepared, prompt, before)
-    plain = Predictor(
-        predictor.model_path, threads=1, focus=predictor.focus, guided=predictor.guided,
-        flip=predictor.flip,
-    )  # fmt: skip
+    # the workers' predictor with zoom-in alone turned off: every other option as served
+    plain = load_predictor(
+        predictor.model_path, replace(Settings.from_env(), model_threads=1, zoom_in=False)
+    )
     whole, _ = segment(plain, prepared, prompt, before)
     assert not np.array_equal(zoomed, whole)  # the two paths differ on this object
     assert np.array_equal(decoded(refined), zoomed)  # and the service took the zoomed one

@@ -16,6 +16,8 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
   negative click on the neighbour (the merge above is a default, never a must);
 - crowds (opt-in, `--crowd-p`): 3-8 people/pets pasted small and overlapping; zero-click
   examples then target every person/pet in view, click examples one of the small ones;
+- object views (opt-in, `--object-view-p`): a click example cropped to its target's box
+  and letterboxed, as the predictor's zoom-in and focus view show an object;
 - flips, scale, colour jitter, blur.
 Clicks come from `click_simulation.py` (the shared clicker on synthetic previous masks,
 and over-merge corrections); each example also keeps its crop and first click so
@@ -32,6 +34,14 @@ import numpy as np
 
 from squeezesam.models.click_simulation import simulate_clicks
 from squeezesam.models.clicks import Click, encode_prompt
+from squeezesam.models.crops import (
+    CLICK_JITTER,
+    MAX_SCALE,
+    OBJECT_VIEW_P,
+    SALIENCY_JITTER,
+    object_view,
+    scale_and_crop,
+)
 from squeezesam.models.data import CLASS_INDEX, VOID, Sample, salient_objects
 
 # Share of click examples whose later clicks come from no-grad rollouts (train.rollout)
@@ -42,14 +52,6 @@ ROLLOUT_P = 0.5
 # people/pets pasted beside it), the clicked one chosen at random among them: most sets
 # hold one salient object per photo, so without these a click need not say *which* one.
 INSTANCES_P = 0.3
-# Long side of a rescaled training image, in crop sizes: [1, MAX_SCALE]. At 256x256 crops
-# (long side 256-576) objects appear at about serving scale (long side 512) but a crop sees
-# half the image; a serving-scale phase uses larger crops and a narrower range
-# (e.g. --size 384 --max-scale 1.67: long side 384-640, most of the image in one crop).
-MAX_SCALE = 2.25
-# How far a crop's centre strays from its target, in window sizes.
-SALIENCY_JITTER = 0.25
-CLICK_JITTER = 0.5
 # Share of click examples (with another object in the crop) whose synthetic previous mask
 # wrongly holds that object too, so the clicker's next click is a negative one on it.
 # s20700 ignored such clicks in COCO scenes (an umbrella click gave umbrella + person, and
@@ -149,39 +151,6 @@ def paste(
     return False
 
 
-def scale_and_crop(
-    image: np.ndarray,
-    mask: np.ndarray,
-    focus: np.ndarray,
-    size: int,
-    rng: np.random.Generator,
-    jitter: float = SALIENCY_JITTER,
-    max_scale: float = MAX_SCALE,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale (long side in [size, max_scale * size]) and crop a size x size window around
-    `focus`, its centre moved by up to `jitter` window sizes."""
-    h, w = mask.shape
-    scale = rng.uniform(size, max_scale * size) / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    image = cv2.resize(
-        image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    )
-    mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
-    focus = cv2.resize(focus.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
-    ys, xs = np.nonzero(focus)
-    cy, cx = (ys.mean(), xs.mean()) if len(ys) else (nh / 2, nw / 2)
-    cy += rng.uniform(-jitter, jitter) * size
-    cx += rng.uniform(-jitter, jitter) * size
-    y0 = int(np.clip(cy - size / 2, 0, max(0, nh - size)))
-    x0 = int(np.clip(cx - size / 2, 0, max(0, nw - size)))
-    out_img = np.zeros((size, size, 3), np.uint8)
-    out_mask = np.zeros((size, size), np.uint8)  # padding is background, as in letterboxing
-    ch, cw = min(size, nh - y0), min(size, nw - x0)
-    out_img[:ch, :cw] = image[y0 : y0 + ch, x0 : x0 + cw]
-    out_mask[:ch, :cw] = mask[y0 : y0 + ch, x0 : x0 + cw]
-    return out_img, out_mask
-
-
 class ExampleMaker:
     """Draws random training examples from decoded samples."""
 
@@ -193,8 +162,10 @@ class ExampleMaker:
         max_scale: float = MAX_SCALE,
         crowd_p: float = CROWD_P,
         crowd_clicks: bool = True,
+        object_view_p: float = OBJECT_VIEW_P,
     ) -> None:
         self.loaded = loaded
+        self.object_view_p = object_view_p
         self.size = size
         self.max_scale = max_scale
         self.crowd_p = crowd_p
@@ -330,7 +301,15 @@ class ExampleMaker:
         # Zero-click: a saliency crop (centre near the objects). Click examples: the target
         # anywhere in the window, so the click, not a centre prior, says which object.
         jitter = SALIENCY_JITTER if zero_click else CLICK_JITTER
-        image, mask = scale_and_crop(image, mask, focus, self.size, rng, jitter, self.max_scale)
+        if (  # no draw when object views are off, as for crowds
+            not zero_click
+            and self.object_view_p > 0
+            and focus.any()
+            and rng.random() < self.object_view_p
+        ):
+            image, mask = object_view(image, mask, focus, self.size, rng)
+        else:
+            image, mask = scale_and_crop(image, mask, focus, self.size, rng, jitter, self.max_scale)
         if rng.random() < 0.5:
             image, mask = image[:, ::-1].copy(), mask[:, ::-1].copy()
         image = color_jitter(image, rng)

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) -> None:
-    from squeezesam.models.augment import CROWD_P, MAX_SCALE, ROLLOUT_P
+    from squeezesam.models.augment import CROWD_P, ROLLOUT_P
+    from squeezesam.models.crops import MAX_SCALE, OBJECT_VIEW_P
 
     p = subparsers.add_parser(
         "train-base", help="train SqueezeSAM on the shared data (CPU, resumable)"
@@ -112,6 +113,10 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
     p.add_argument(
         "--crowd-zero-click-only", action="store_true",
         help="crowd scenes only in zero-click examples (--crowd-p is then their share of those)",
+    )  # fmt: skip
+    p.add_argument(
+        "--object-view-p", type=float, default=OBJECT_VIEW_P,
+        help="share of click examples cropped to the target's box, as zoom-in and focus view show",
     )  # fmt: skip
     p.set_defaults(func=_train_base)
 

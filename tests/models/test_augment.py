@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from squeezesam.models.augment import ExampleMaker, Loaded, paste, scale_and_crop
+from squeezesam.models.augment import ExampleMaker, Loaded, paste
 from squeezesam.models.data import CLASS_INDEX
 
 
@@ -16,25 +16,6 @@ def coded(h=120, w=160):
     image[mask == 2] = (0, 0, 255)
     image[mask == 0] = (0, 255, 0)
     return image, mask
-
-
-def test_scale_and_crop_keeps_alignment():
-    image, mask = coded()
-    rng = np.random.default_rng(0)
-    for _ in range(10):
-        img, m = scale_and_crop(image, mask, mask == 1, 96, rng)
-        assert img.shape == (96, 96, 3) and m.shape == (96, 96)
-        inside = m == 1
-        assert inside.any()
-        # nearest-neighbour masks vs. area-resized pixels: compare away from edges
-        core = (
-            inside
-            & np.roll(inside, 2, 0)
-            & np.roll(inside, -2, 0)
-            & np.roll(inside, 2, 1)
-            & np.roll(inside, -2, 1)
-        )
-        assert (img[core][:, 0] > 200).all() and (img[core][:, 1] < 60).all()
 
 
 def test_paste_hides_what_is_behind_and_avoids_target():

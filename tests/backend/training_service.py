@@ -1,17 +1,14 @@
 """The fine-tuning loop's test harness: a running service (embedded Redis, an
-interactive worker, the app's test client), a stand-in for Label Studio's task API, and
+interactive worker, the app's test client), ls_standin.py's Label Studio for reconcile, and
 annotations made of real masks from the shared data, shaped like Label Studio's webhooks
 (captures 62 and 72). Used by test_training.py."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from squeezesam.backend.store.runs import training_runs
 from squeezesam.models.data import discover_sets, load_set, write_set
 
 from .conftest import WorkerPool, click_body, keypoint, load_capture, make_settings
+from .ls_standin import TOKEN, StandInLabelStudio
 
 PROJECT = 7
 N_LABELS = 7  # 5 train + 2 held-out images (export_labels' md5 split of p7_t<id>)
@@ -44,46 +42,6 @@ def _build_test_model(path: Path) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_test_model(path)
-
-
-# --- a stand-in for Label Studio's task API (reconcile) ------------------------------------
-
-
-class TaskAPI(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _TaskHandler)
-        self.tasks: list[dict] = []
-        self.down = False
-        self.hits = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _TaskHandler(BaseHTTPRequestHandler):
-    server: TaskAPI
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.hits += 1
-        if self.server.down:
-            status, data = 503, b'{"detail": "Label Studio is restarting"}'
-        elif "page=1" in self.path or "page=" not in self.path:
-            status = 200
-            data = json.dumps({"tasks": self.server.tasks, "total": len(self.server.tasks)})
-            data = data.encode()
-        else:  # Label Studio answers 404 past the last page
-            status, data = 404, b'{"detail": "Invalid page."}'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 # --- labels: real masks from one people/pets set, shaped like capture 62 ------------------
@@ -164,12 +122,13 @@ def small_base(root: Path) -> Path:
 class Service:
     def __init__(self, tmp: Path, fake_ls) -> None:
         self.redis_server = EmbeddedRedis()
-        self.api = TaskAPI()
-        threading.Thread(target=self.api.serve_forever, daemon=True).start()
+        # Label Studio's task API for reconcile: tests set `api.tasks`, and `api.fail_until`
+        # to take it down
+        self.api = StandInLabelStudio({}, label_config="").start()
         model = _build_test_model(tmp / "standin.onnx")
         self.settings = make_settings(
             self.redis_server.url, model, fake_ls,
-            label_studio_url=self.api.url, label_studio_api_key="t0k",
+            label_studio_url=self.api.url, label_studio_api_key=TOKEN,
             data_dir=str(tmp / "data"), train_steps=2, train_size=128, train_batch=2,
             train_gate_clicks=3, train_guard_per_set=1, train_lock_ttl=6,
             model_poll_interval=0.3, train_min_new_labels=0,
@@ -217,7 +176,7 @@ class Service:
     def close(self) -> None:
         for pool in self.pools:
             pool.stop()
-        self.api.shutdown()
+        self.api.stop()
         self.redis_server.close()
 
 

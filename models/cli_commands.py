@@ -24,6 +24,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:  # also NaN
@@ -112,6 +119,15 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
     p.add_argument(
         "--mask-loss", choices=["bce", "nfl"], default="bce",
         help="mask loss: BCE + Dice, or normalised focal + Dice (weight on pixels still wrong)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deepen", action="store_true",
+        help="grow a Lite0 checkpoint's encoder to EfficientNet-Lite1 (5 more blocks, "
+        "starting as the identity); a Lite1 checkpoint resumes as it is",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule-start", type=_non_negative_int, default=0,
+        help="step where the cosine schedule starts (a warm restart; 0 = the run's start)",
     )  # fmt: skip
     p.add_argument(
         "--crowd-p", type=_share, default=CROWD_P,

@@ -105,11 +105,13 @@ def quantize(
 def model_version(checkpoint: Path, step: int, meta: dict | None = None) -> str:
     """squeezesam-base-s<step>-<digest>; `soup` instead of `base` for an average of
     checkpoints (models/soup.py), <step> then the latest ingredient's; `-refine` added
-    once a RefineHead was trained on it."""
+    once a RefineHead was trained on it, `-lite1` for a Lite1 encoder."""
     digest = hashlib.sha1(checkpoint.read_bytes()).hexdigest()[:8]
     kind = "soup" if (meta or {}).get("soup") else "base"
     if (meta or {}).get("refine_head"):  # the stride-2 RefineHead (models/network.py)
         kind += "-refine"
+    if (meta or {}).get("encoder", "lite0") != "lite0":  # a grown encoder (models/deepen.py)
+        kind += "-" + meta["encoder"]
     return f"squeezesam-{kind}-s{step}-{digest}"
 
 

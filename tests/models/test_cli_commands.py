@@ -14,3 +14,12 @@ def test_train_base_refuses_a_share_outside_0_to_1(option, capsys):
             parser.parse_args(["train-base", option, bad])
         assert exit_.value.code == 2
         assert f"must be a share between 0 and 1, got {bad}" in capsys.readouterr().err
+
+
+def test_train_base_refuses_a_negative_schedule_start(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["train-base", "--deepen", "--schedule-start", "23400"]).deepen
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["train-base", "--schedule-start", "-5"])
+    assert exit_.value.code == 2
+    assert "must be 0 or more, got -5" in capsys.readouterr().err

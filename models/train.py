@@ -289,6 +289,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     else:
         model, start, meta = build_model(pretrained=True, refine=cfg.refine_head), 0, {}
         log.info("starting from ImageNet EfficientNet-Lite0 encoder")
+    if "soup" in meta:  # trained further, no longer an average: its export is a base model
+        meta["trained_from_soup"] = meta.pop("soup")
     if cfg.deepen and model.encoder.variant == "lite0":  # resuming a grown one: as it is
         model = deepen(model)
         meta["deepened"] = {"at_step": start}

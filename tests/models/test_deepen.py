@@ -144,4 +144,7 @@ def test_train_base_deepens_once_and_resumes_a_grown_checkpoint_as_it_is(
     assert blob["step"] == start + 2
     assert blob["meta"]["deepened"] == {"at_step": start}
     assert blob["meta"]["encoder"] == "lite1"
+    if "soup" in torch.load(checkpoint, map_location="cpu")["meta"]:  # the shipped soup
+        assert "soup" not in blob["meta"] and blob["meta"]["trained_from_soup"]
+    assert "-base-lite1-" in model_version(ckpt, blob["step"], blob["meta"])
     assert load_checkpoint(ckpt)[0].encoder.variant == "lite1"

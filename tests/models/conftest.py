@@ -36,3 +36,16 @@ def shipped_model() -> Path:
 def checkpoint() -> Path:
     assert CHECKPOINT.is_file(), "the fp16 training checkpoint is missing"
     return CHECKPOINT
+
+
+@pytest.fixture
+def tiny_training(tmp_path, val_samples, checkpoint) -> tuple[Path, Path]:
+    """(data root, checkpoint) for a few real training steps: the fixture's val images,
+    half of them as training images, and a copy of the shipped checkpoint to train on."""
+    from squeezesam.models.data import write_set
+
+    split_of = {s.image_id: ("train" if i % 2 else "val") for i, s in enumerate(val_samples)}
+    write_set(val_samples, tmp_path / "data" / "tiny", split_of=split_of, link=True)
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    return tmp_path / "data", ckpt

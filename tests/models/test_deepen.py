@@ -124,19 +124,13 @@ def test_a_warm_restart_starts_the_cosine_at_its_origin():
     assert cosine_lr(1.0, 23400, 24700, start=23400, origin=23400) == pytest.approx(0.01)
 
 
-def test_train_base_deepens_once_and_resumes_a_grown_checkpoint_as_it_is(
-    checkpoint, val_samples, tmp_path
-):
-    from squeezesam.models.data import write_set
+def test_train_base_deepens_once_and_resumes_a_grown_checkpoint_as_it_is(checkpoint, tiny_training):
     from squeezesam.models.train import TrainConfig, train
 
-    split_of = {s.image_id: ("train" if i % 2 else "val") for i, s in enumerate(val_samples)}
-    write_set(val_samples, tmp_path / "data" / "tiny", split_of=split_of, link=True)
-    ckpt = tmp_path / "w.pt"
-    ckpt.write_bytes(checkpoint.read_bytes())
+    data, ckpt = tiny_training
     start = torch.load(checkpoint, map_location="cpu")["step"]
     for _ in range(2):  # the same command twice: grown the first time, resumed the second
-        cfg = TrainConfig(data=tmp_path / "data", checkpoint=ckpt, steps=1, batch=2, size=128,
+        cfg = TrainConfig(data=data, checkpoint=ckpt, steps=1, batch=2, size=128,
                           val_per_set=1, threads=1, deepen=True, schedule_start=start,
                           total_steps=start + 10)  # fmt: skip
         train(cfg)

@@ -76,17 +76,12 @@ def test_a_checkpoint_missing_other_weights_is_refused(checkpoint, tmp_path):
 
 
 def test_train_base_with_a_frozen_base_moves_only_the_head_and_records_it(
-    checkpoint, val_samples, tmp_path
+    checkpoint, tiny_training
 ):
-    from squeezesam.models.data import write_set
     from squeezesam.models.train import TrainConfig, train
 
-    # a tiny data root: the fixture's val images, half of them as training images
-    split_of = {s.image_id: ("train" if i % 2 else "val") for i, s in enumerate(val_samples)}
-    write_set(val_samples, tmp_path / "data" / "tiny", split_of=split_of, link=True)
-    ckpt = tmp_path / "w.pt"
-    ckpt.write_bytes(checkpoint.read_bytes())
-    cfg = TrainConfig(data=tmp_path / "data", checkpoint=ckpt, steps=2, batch=2, size=128,
+    data, ckpt = tiny_training
+    cfg = TrainConfig(data=data, checkpoint=ckpt, steps=2, batch=2, size=128,
                       val_per_set=1, threads=1, refine_head=True, freeze_base=True)  # fmt: skip
     train(cfg)
     before = torch.load(checkpoint, map_location="cpu")

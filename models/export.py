@@ -102,16 +102,19 @@ def quantize(
     set_metadata(int8_path, metadata)
 
 
-def model_version(checkpoint: Path, step: int, meta: dict | None = None) -> str:
+def model_version(
+    checkpoint: Path, step: int, meta: dict | None = None, encoder: str = "lite0"
+) -> str:
     """squeezesam-base-s<step>-<digest>; `soup` instead of `base` for an average of
     checkpoints (models/soup.py), <step> then the latest ingredient's; `-refine` added
-    once a RefineHead was trained on it, `-lite1` for a Lite1 encoder."""
+    once a RefineHead was trained on it; `-lite1` for a Lite1 `encoder` (the loaded
+    network's, which its weights decide: models/deepen.py)."""
     digest = hashlib.sha1(checkpoint.read_bytes()).hexdigest()[:8]
     kind = "soup" if (meta or {}).get("soup") else "base"
     if (meta or {}).get("refine_head"):  # the stride-2 RefineHead (models/network.py)
         kind += "-refine"
-    if (meta or {}).get("encoder", "lite0") != "lite0":  # a grown encoder (models/deepen.py)
-        kind += "-" + meta["encoder"]
+    if encoder != "lite0":
+        kind += f"-{encoder}"
     return f"squeezesam-{kind}-s{step}-{digest}"
 
 
@@ -123,7 +126,7 @@ def export_checkpoint(
     calibration_count: int = 24,
 ) -> tuple[Path, Path, str]:
     model, step, meta = load_checkpoint(checkpoint)
-    version = version or model_version(checkpoint, step, meta)
+    version = version or model_version(checkpoint, step, meta, model.encoder.variant)
     metadata = {
         "model_version": version,
         "working_size": str(DEFAULT_WORKING_SIZE),

@@ -295,7 +295,6 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         model = deepen(model)
         meta["deepened"] = {"at_step": start}
         log.info("encoder grown from lite0 to lite1 at step %d", start)
-    meta["encoder"] = model.encoder.variant
     if model.refine is not None and "refine_head" not in meta:
         meta["refine_head"] = {"added_at_step": start, "frozen_base": cfg.freeze_base}
     if cfg.freeze_base:

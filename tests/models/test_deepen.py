@@ -96,10 +96,11 @@ def test_only_a_lite0_network_grows():
 
 def test_a_grown_checkpoint_loads_as_lite1_and_exports_a_lite1_version(shipped, tmp_path):
     grown = deepen(shipped, imagenet=False)
-    save_checkpoint(grown, 9, tmp_path / "g.pt", {"encoder": "lite1"})
+    save_checkpoint(grown, 9, tmp_path / "g.pt")  # no meta: the weights say Lite1
     loaded, step, meta = load_checkpoint(tmp_path / "g.pt")
     assert step == 9 and loaded.encoder.variant == "lite1"
-    assert "-lite1-s9-" in model_version(tmp_path / "g.pt", step, meta)
+    assert "-lite1-s9-" in model_version(tmp_path / "g.pt", step, meta, loaded.encoder.variant)
+    assert "-lite1-" not in model_version(tmp_path / "g.pt", step, meta)  # a Lite0's name
     blob = torch.load(tmp_path / "g.pt", map_location="cpu")
     blob["state_dict"] = {
         k: v for k, v in blob["state_dict"].items() if not k.startswith("encoder._blocks.20.")
@@ -137,8 +138,8 @@ def test_train_base_deepens_once_and_resumes_a_grown_checkpoint_as_it_is(checkpo
     blob = torch.load(ckpt, map_location="cpu")
     assert blob["step"] == start + 2
     assert blob["meta"]["deepened"] == {"at_step": start}
-    assert blob["meta"]["encoder"] == "lite1"
+    grown = load_checkpoint(ckpt)[0]
+    assert grown.encoder.variant == "lite1"
     if "soup" in torch.load(checkpoint, map_location="cpu")["meta"]:  # the shipped soup
         assert "soup" not in blob["meta"] and blob["meta"]["trained_from_soup"]
-    assert "-base-lite1-" in model_version(ckpt, blob["step"], blob["meta"])
-    assert load_checkpoint(ckpt)[0].encoder.variant == "lite1"
+    assert "-base-lite1-" in model_version(ckpt, blob["step"], blob["meta"], grown.encoder.variant)

@@ -62,6 +62,10 @@ OVERMERGE_P = 0.35
 # few of the people in COCO scenes (recall 0.44 on coco128_seg, s21500): most training
 # photos hold one large subject. 0 unless a training phase asks for it (--crowd-p).
 CROWD_P = 0.0
+# Share of click examples whose first click is the evaluation protocol's (the object's
+# most interior point) rather than anywhere inside: train-base --interior-click-p. Off by
+# default: a click anywhere (a shirt) must still give the whole object.
+INTERIOR_CLICK_P = 0.0
 # Size of a crowd's pasted objects, in the photo's long side (at serving's long side 512:
 # about 30-150 px, from the 32 px the recall figure counts).
 CROWD_SCALE = (0.06, 0.3)
@@ -163,9 +167,11 @@ class ExampleMaker:
         crowd_p: float = CROWD_P,
         crowd_clicks: bool = True,
         object_view_p: float = OBJECT_VIEW_P,
+        interior_click_p: float = INTERIOR_CLICK_P,
     ) -> None:
         self.loaded = loaded
         self.object_view_p = object_view_p
+        self.interior_click_p = interior_click_p
         self.size = size
         self.max_scale = max_scale
         self.crowd_p = crowd_p
@@ -326,7 +332,9 @@ class ExampleMaker:
             ]
             if others and rng.random() < OVERMERGE_P:
                 merged = mask == others[int(rng.integers(len(others)))]
-            clicks, prev = simulate_clicks(target, void, rng, merged)
+            # no draw when off, as for object views: the default recipe's stream stays
+            interior = self.interior_click_p > 0 and rng.random() < self.interior_click_p
+            clicks, prev = simulate_clicks(target, void, rng, merged, interior)
         else:
             clicks, prev = [], None
         x = encode_prompt(image, clicks, prev)

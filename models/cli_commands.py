@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) -> None:
-    from squeezesam.models.augment import CROWD_P, ROLLOUT_P
+    from squeezesam.models.augment import CROWD_P, INTERIOR_CLICK_P, ROLLOUT_P
     from squeezesam.models.crops import MAX_SCALE, OBJECT_VIEW_P
 
     p = subparsers.add_parser(
@@ -140,6 +140,11 @@ def _register_train(subparsers: argparse._SubParsersAction, checkpoint: Path) ->
     p.add_argument(
         "--object-view-p", type=_share, default=OBJECT_VIEW_P,
         help="share of click examples cropped to the target's box, as zoom-in and focus view show",
+    )  # fmt: skip
+    p.add_argument(
+        "--interior-click-p", type=_share, default=INTERIOR_CLICK_P,
+        help="share of click examples whose first click is the object's most interior point "
+        "(the evaluation protocol's) instead of anywhere inside",
     )  # fmt: skip
     p.set_defaults(func=_train_base)
 

@@ -14,7 +14,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from squeezesam.models.clicks import Click, interior_point, next_click, random_click_inside
+from squeezesam.models.clicks import (
+    Click,
+    first_click,
+    interior_point,
+    next_click,
+    random_click_inside,
+)
 
 
 def perturb_mask(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -44,13 +50,19 @@ def simulate_clicks(
     void: np.ndarray,
     rng: np.random.Generator,
     merged: np.ndarray | None = None,
+    interior_first: bool = False,
 ) -> tuple[list[Click], np.ndarray | None]:
     """First click anywhere inside (parts too); sometimes more clicks on a previous mask.
 
     With `merged` (another object's pixels), the previous mask is the target *and* that
     object, so the corrective clicks say "not this one" (negative, on the other object).
+    With `interior_first`, the first click is the evaluation protocol's (the most interior
+    point) instead of a random one.
     """
-    first = random_click_inside(target, rng, min_border=2.0)
+    if interior_first:
+        first = first_click(target)
+    else:
+        first = random_click_inside(target, rng, min_border=2.0)
     clicks = [first] if first is not None else []
     n_more = int(rng.choice(4, p=[0.45, 0.25, 0.15, 0.15]))
     if merged is not None:

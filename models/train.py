@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from squeezesam.models.augment import CROWD_P, ROLLOUT_P, ExampleMaker, Loaded
+from squeezesam.models.augment import CROWD_P, INTERIOR_CLICK_P, ROLLOUT_P, ExampleMaker, Loaded
 from squeezesam.models.clicks import encode_prompt, first_click, iou, next_click
 from squeezesam.models.crops import MAX_SCALE, OBJECT_VIEW_P
 from squeezesam.models.data import Sample, default_data_root, load_samples
@@ -62,6 +62,7 @@ class TrainConfig:
     crowd_p: float = CROWD_P  # share of examples made crowd scenes (augment.py)
     crowd_clicks: bool = True  # False: crowds in zero-click examples only
     object_view_p: float = OBJECT_VIEW_P  # share of click examples cropped as object views
+    interior_click_p: float = INTERIOR_CLICK_P  # share of first clicks at the interior point
     rollout_iters: int = 3  # a rollout adds 1..rollout_iters clicks (RITM: 3)
     click_weight: float = 0.0  # extra mask-loss weight around a rollout's last click
     refine_head: bool = False  # add the stride-2 RefineHead if the checkpoint has none
@@ -318,6 +319,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         crowd_p=cfg.crowd_p,
         crowd_clicks=cfg.crowd_clicks,
         object_view_p=cfg.object_view_p,
+        interior_click_p=cfg.interior_click_p,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -377,6 +379,7 @@ def main_args(args) -> None:  # called by the CLI
         crowd_p=args.crowd_p,
         crowd_clicks=not args.crowd_zero_click_only,
         object_view_p=args.object_view_p,
+        interior_click_p=args.interior_click_p,
         rollout_iters=args.rollout_iters,
         click_weight=args.click_weight,
         refine_head=args.refine_head,

@@ -18,6 +18,8 @@ follow SqueezeSAM (arXiv 2312.06736, section 3) and DESIGN.md:
   examples then target every person/pet in view, click examples one of the small ones;
 - object views (opt-in, `--object-view-p`): a click example cropped to its target's box
   and letterboxed, as the predictor's zoom-in and focus view show an object;
+- protocol first clicks (opt-in, `--interior-click-p`): the first click at the target's
+  most interior point, where evaluation puts it, instead of anywhere inside;
 - flips, scale, colour jitter, blur.
 Clicks come from `click_simulation.py` (the shared clicker on synthetic previous masks,
 and over-merge corrections); each example also keeps its crop and first click so

@@ -5,7 +5,9 @@ import pytest
 from squeezesam.backend.cli import build_parser
 
 
-@pytest.mark.parametrize("option", ["--object-view-p", "--crowd-p", "--rollout-p"])
+@pytest.mark.parametrize(
+    "option", ["--object-view-p", "--crowd-p", "--rollout-p", "--interior-click-p"]
+)
 def test_train_base_refuses_a_share_outside_0_to_1(option, capsys):
     parser = build_parser()
     assert parser.parse_args(["train-base", option, "0.25"]).func

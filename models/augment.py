@@ -327,16 +327,7 @@ class ExampleMaker:
         if not zero_click:
             if target.sum() < 16:
                 return None
-            others = [
-                k
-                for k, n in zip(*np.unique(mask[~target], return_counts=True), strict=True)
-                if k not in (0, VOID) and n >= 64
-            ]
-            if others and rng.random() < OVERMERGE_P:
-                merged = mask == others[int(rng.integers(len(others)))]
-            # no draw when off, as for object views: the default recipe's stream stays
-            interior = self.interior_click_p > 0 and rng.random() < self.interior_click_p
-            clicks, prev = simulate_clicks(target, void, rng, merged, interior)
+            clicks, prev, merged = self.click_prompt(mask, target, void, rng)
         else:
             clicks, prev = [], None
         x = encode_prompt(image, clicks, prev)
@@ -345,3 +336,21 @@ class ExampleMaker:
         return Example(
             x, target.astype(np.float32), weight, cls, zero_click, image, first, merged is not None
         )
+
+    def click_prompt(
+        self, mask: np.ndarray, target: np.ndarray, void: np.ndarray, rng: np.random.Generator
+    ) -> tuple[list[Click], np.ndarray | None, np.ndarray | None]:
+        """A click example's clicks and previous mask, and the neighbour merged into that
+        mask for an over-merge correction (None when there is none)."""
+        others = [
+            k
+            for k, n in zip(*np.unique(mask[~target], return_counts=True), strict=True)
+            if k not in (0, VOID) and n >= 64
+        ]
+        merged = None
+        if others and rng.random() < OVERMERGE_P:
+            merged = mask == others[int(rng.integers(len(others)))]
+        # no draw when off, as for object views: the default recipe's stream stays
+        interior = self.interior_click_p > 0 and rng.random() < self.interior_click_p
+        clicks, prev = simulate_clicks(target, void, rng, merged, interior)
+        return clicks, prev, merged

@@ -323,13 +323,12 @@ class ExampleMaker:
         image = color_jitter(image, rng)
         target = np.isin(mask, list(targets))
         void = mask == VOID
-        merged = None
         if not zero_click:
             if target.sum() < 16:
                 return None
             clicks, prev, merged = self.click_prompt(mask, target, void, rng)
         else:
-            clicks, prev = [], None
+            clicks, prev, merged = [], None, None
         x = encode_prompt(image, clicks, prev)
         first = clicks[0] if clicks else None
         weight = (~void).astype(np.float32)
